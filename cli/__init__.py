@@ -1,0 +1,1 @@
+"""Click entry points; they parse options and call library functions, nothing more."""
