@@ -30,14 +30,14 @@ class Head(nn.Module):
 class PoseHead(Head):
     """6 numbers per anchor (two columns of R, see `hpe_data.pose.rot6d_to_matrix`).
 
-    Starts near the frontal pose (R = I): small weights, identity bias, so the first geodesic
-    gradients are well conditioned.
+    Starts at the frontal pose (R = I: zero weights, identity bias), away from the geodesic's
+    singular point at 180 degrees; the weights still get gradients from the features.
     """
 
     def __init__(self, width: int, num_anchors: int = 2, num_levels: int = 3):
         super().__init__(width, 6, num_anchors, num_levels)
         eye6 = matrix_to_rot6d(torch.eye(3))
         for conv in self.convs:
-            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.weight)
             with torch.no_grad():
                 conv.bias.copy_(eye6.repeat(num_anchors))

@@ -29,6 +29,8 @@ def _face_fields(targets, device):
             raise ValueError(f"target {i}: missing 'boxes'")
         b = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
         f = b.shape[0]
+        if f and not bool(((b[:, 2:] > b[:, :2]).all(1) & torch.isfinite(b).all(1)).all()):
+            raise ValueError(f"target {i}: boxes must be finite x1, y1, x2, y2 with x2 > x1 and y2 > y1")
         lm = t.get("landmarks5")
         lm = torch.full((f, 5, 2), float("nan"), device=device) if lm is None else \
             torch.as_tensor(lm, dtype=torch.float32, device=device)
