@@ -18,6 +18,10 @@ YAW_BINS = (0.0, 30.0, 60.0, 90.0)  # |yaw| bins [0,30), [30,60), [60,90], (90, 
 YAW_BIN_LABELS = ("0-30", "30-60", "60-90", ">90")
 
 
+class EvaluationError(ValueError):
+    """Input the evaluation cannot use (manifests, predictor output, protocol); the message says why."""
+
+
 def euler(R) -> np.ndarray:
     """(..., 3, 3) R_cv -> (..., 3) angles in degrees, ordered (yaw, pitch, roll)."""
     p, y, r = pose.to_euler(np.asarray(R, dtype=np.float64))

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +40,6 @@ LITERATURE = [
 ]
 
 SCALARS = ("sample_id", "manifest", "dataset", "image_path", "image_file", "subject", "sequence", "split", "mask")
-FLAGS = ("masked", "rotated", "in_range", "has_pose", "matched", "in_protocol")
 VECTORS = {"gt_box": 4, "pred_box": 4, "gt_rotation": 9, "pred_rotation": 9, "pred_landmarks5": 10}
 
 
@@ -76,7 +76,8 @@ def apply_protocol(col: dict, protocol: str) -> tuple[np.ndarray, dict]:
     if protocol == "aflw2000":
         if not col["in_range_known"].all():
             unknown = int((~col["in_range_known"]).sum())
-            raise ValueError(f"protocol aflw2000 needs the in_range flag or angles; {unknown} face(s) have neither")
+            raise metrics.EvaluationError(
+                f"protocol aflw2000 needs the in_range flag or angles; {unknown} face(s) have neither")
         sel = col["in_range"].copy()
         info["filter"] = "in_range (all |angles| <= 99 degrees)"
     else:
@@ -353,9 +354,8 @@ def _tile(col: dict, i: int, size: int = 200) -> np.ndarray:
     x2, y2 = int(min(W, math.ceil(c[0] + half))), int(min(H, math.ceil(c[1] + half)))
     crop = img[y1:y2, x1:x2]
     s = size / max(crop.shape[:2])
-    import cv2
-
-    crop = np.ascontiguousarray(cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s)))))
+    dsize = (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s)))
+    crop = np.ascontiguousarray(cv2.resize(crop, dsize, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR))
     tile = np.zeros((size, size, 3), np.uint8)
     tile[: crop.shape[0], : crop.shape[1]] = crop
     off = np.array([-x1 * s, -y1 * s])
@@ -428,7 +428,8 @@ def _f(v, pct: bool = False) -> str:
 
 
 def _breakdown_table(groups: dict) -> list[str]:
-    lines = ["| group | faces | detected | yaw | pitch | roll | MAE | geodesic |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| group | faces | detected | yaw | pitch | roll | MAE | geodesic |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in groups.items():
         lines.append(f"| {name} | {s['n_faces']} | {_f(s['detection_rate'], True)} | {_f(s['mae_yaw'])} | "
                      f"{_f(s['mae_pitch'])} | {_f(s['mae_roll'])} | {_f(s['mae'])} | {_f(s['geodesic'])} |")
@@ -469,9 +470,11 @@ def markdown(rep: dict) -> str:
     L += ["## Published numbers for context (MAE in degrees, trained on 300W-LP; conventions section 6)", "",
           "| method | face detector needed | AFLW2000 | BIWI |", "|---|---|---:|---:|"]
     for name, det, a, b in LITERATURE:
-        L.append(f"| {name} | {det} | {a if a is not None else '-'} | {b if b is not None else '-'} |")
-    L += ["", "Methods that need a face detector are scored on ground-truth crops; the MAE above is over the faces "
-          "this model itself detected, so read it together with the detection rate.", ""]
+        cell = [("-" if v is None else v if isinstance(v, str) else f"{v:.2f}") for v in (a, b)]
+        L.append(f"| {name} | {det} | {cell[0]} | {cell[1]} |")
+    L += ["", "Methods that need a face detector are scored on face crops given to them (from the annotation or a "
+          "separate detector); the MAE above is over the faces this model found itself, so read it together "
+          "with the detection rate.", ""]
     return "\n".join(L)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -63,7 +64,10 @@ def _faces_of(path: Path, table) -> list[dict]:
     for i in range(table.num_rows):
         ir = cols["in_range"][i]
         if ir is None:  # the flag as the importer would have written it, else from the matrix
-            ir = bool(rng_labels[i]) if np.isfinite(labels[i]).all() else (bool(rng_euler[i]) if has_pose[i] else None)
+            if np.isfinite(labels[i]).all():
+                ir = bool(rng_labels[i])
+            elif has_pose[i]:
+                ir = bool(rng_euler[i])
         rot = cols["rotate_deg"][i]
         label_yaw = labels[i, 1] if np.isfinite(labels[i, 1]) else (eg[i, 0] if has_pose[i] else np.nan)
         out.append({
@@ -95,24 +99,25 @@ def load_faces(manifest_paths: Sequence[str | os.PathLike]) -> list[dict]:
     for p in manifest_paths:
         p = Path(p)
         faces.extend(_faces_of(p, manifests.read(p)))
-    ids = [f["sample_id"] for f in faces]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"sample_id {dup!r} occurs in more than one manifest; evaluate them separately")
+    counts = Counter(f["sample_id"] for f in faces)
+    if len(counts) != len(faces):
+        dup = next(i for i, c in counts.items() if c > 1)
+        raise metrics.EvaluationError(f"sample_id {dup!r} occurs in more than one manifest; evaluate them separately")
     return faces
 
 
 def _load(item, image_size):
     """(image, scale) for one image group; image None with a reason on failure."""
-    key, faces = item
+    _, faces = item
+    path = faces[0]["image_file"]
     try:
-        img = read_rgb(faces[0]["image_file"])
-    except ImageError as e:
-        return None, 1.0, str(e)
+        img = read_rgb(path)
+    except ImageError as e:  # the error list holds (path, reason): keep the reason only
+        return None, 1.0, str(e).removeprefix(f"{path}: ")
     h, w = img.shape[:2]
     W, H = faces[0]["width"], faces[0]["height"]
     if (W, H) != (w, h):
-        return None, 1.0, f"{faces[0]['image_file']}: image is {w}x{h} but the manifest says {W}x{H}"
+        return None, 1.0, f"image is {w}x{h} but the manifest says {W}x{H}"
     scale = 1.0
     if image_size:
         scale = float(image_size) / max(h, w)
@@ -124,14 +129,17 @@ def _load(item, image_size):
 
 def _parse(det: dict, scale: float, where: str) -> dict:
     if not isinstance(det, dict) or "boxes" not in det or "scores" not in det:
-        raise ValueError(f"predictor output for {where} must be a dict with 'boxes' and 'scores'")
-    boxes = _numpy(det["boxes"], (4,))
-    k = boxes.shape[0]
-    out = {"boxes": boxes / scale, "scores": _numpy(det["scores"], (), k)}
-    out["rotation"] = _numpy(det["rotation"], (3, 3), k) if det.get("rotation") is not None \
-        else np.full((k, 3, 3), np.nan)
-    out["landmarks5"] = _numpy(det["landmarks5"], (5, 2), k) / scale if det.get("landmarks5") is not None \
-        else np.full((k, 5, 2), np.nan)
+        raise metrics.EvaluationError(f"predictor output for {where} must be a dict with 'boxes' and 'scores'")
+    try:
+        boxes = _numpy(det["boxes"], (4,))
+        k = boxes.shape[0]
+        out = {"boxes": boxes / scale, "scores": _numpy(det["scores"], (), k)}
+        out["rotation"] = _numpy(det["rotation"], (3, 3), k) if det.get("rotation") is not None \
+            else np.full((k, 3, 3), np.nan)
+        out["landmarks5"] = _numpy(det["landmarks5"], (5, 2), k) / scale if det.get("landmarks5") is not None \
+            else np.full((k, 5, 2), np.nan)
+    except ValueError as e:  # shapes that do not agree with the K boxes
+        raise metrics.EvaluationError(f"predictor output for {where}: {e}") from None
     return out
 
 
@@ -147,7 +155,7 @@ def evaluate(predictor: Predictor, manifest_paths: Sequence[str | os.PathLike], 
     from . import report as rep
 
     if protocol not in rep.PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(rep.PROTOCOLS)}")
+        raise metrics.EvaluationError(f"unknown protocol {protocol!r}; expected one of {sorted(rep.PROTOCOLS)}")
     faces = load_faces(manifest_paths)
     groups: dict[tuple, list[dict]] = {}
     for f in faces:
@@ -157,7 +165,7 @@ def evaluate(predictor: Predictor, manifest_paths: Sequence[str | os.PathLike], 
     fps, errors, evaluated = [], [], []
     bar = tqdm(total=len(items), desc="eval", unit="img", disable=not progress or None, file=sys.stderr)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        loaded = pool.map(lambda it: _load(it, image_size), items)  # decodes ahead of the predictor
+        loaded = _prefetch(pool, items, image_size, ahead=2 * batch_size + workers)
         batch: list = []
         for item, (img, scale, err) in zip(items, loaded):
             if err is not None:
@@ -182,10 +190,25 @@ def evaluate(predictor: Predictor, manifest_paths: Sequence[str | os.PathLike], 
                             echo=echo)
 
 
+def _prefetch(pool, items, image_size, ahead: int):
+    """Decode images in background threads, at most `ahead` in flight (a whole dataset would not fit in memory)."""
+    queue = deque()
+    it = iter(items)
+    for item in it:
+        queue.append(pool.submit(_load, item, image_size))
+        if len(queue) >= ahead:
+            break
+    while queue:
+        yield queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(_load, nxt, image_size))
+
+
 def _run_batch(predictor, batch, fps, score_thresh, iou_thresh) -> list[dict]:
     dets = predictor.predict([img for _, img, _ in batch])
     if len(dets) != len(batch):
-        raise ValueError(f"predictor returned {len(dets)} results for {len(batch)} images")
+        raise metrics.EvaluationError(f"predictor returned {len(dets)} results for {len(batch)} images")
     done = []
     for ((key, faces), _, scale), det in zip(batch, dets):
         d = _parse(det, scale, faces[0]["image_file"])

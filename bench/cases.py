@@ -1,0 +1,70 @@
+"""Benchmark cases. Each returns a dict of named numbers; `bench.__main__` gathers and prints them."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import manifests
+from hpe_data import pose
+
+from .common import median_latency
+
+
+def manifest_read(tmp: Path, n: int = 1_000_000) -> dict:
+    """Read (and validate) a 1M-row manifest."""
+    rng = np.random.default_rng(0)
+    ang = rng.uniform(-90, 90, (n, 3))
+    R = pose.to_matrix(ang[:, 0], ang[:, 1], ang[:, 2]).reshape(n, 9)
+
+    def fsl(a, t):
+        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=t), a.shape[1])
+
+    cols = {
+        "sample_id": pa.array([f"s{i:07d}" for i in range(n)]),
+        "image_path": pa.array([f"img/{i:07d}.jpg" for i in range(n)]),
+        "dataset": pa.array(["300w-lp"] * n),
+        "subject": pa.array([f"p{i // 20}" for i in range(n)]),
+        "width": pa.array(np.full(n, 450, np.int32)),
+        "height": pa.array(np.full(n, 450, np.int32)),
+        "bbox": fsl(np.tile(np.array([10, 10, 100, 100], np.float32), (n, 1)), pa.float32()),
+        "landmarks": fsl(rng.uniform(0, 450, (n, 136)).astype(np.float32), pa.float32()),
+        "landmarks_3d": pa.nulls(n, pa.list_(pa.float32(), 204)),
+        "landmark_visible": fsl(np.ones((n, 68), bool), pa.bool_()),
+        "landmarks_source": pa.array(["annotation"] * n),
+        "yaw": pa.array(ang[:, 1]), "pitch": pa.array(ang[:, 0]), "roll": pa.array(ang[:, 2]),
+        "rotation": fsl(R, pa.float64()),
+        "in_range": pa.array(np.ones(n, bool)),
+        "translation": pa.nulls(n, pa.list_(pa.float64(), 3)),
+        "camera": pa.nulls(n, pa.list_(pa.float64(), 4)),
+        "parent_id": pa.nulls(n, pa.string()),
+        "augment": pa.nulls(n, pa.string()),
+    }
+    path = tmp / "manifest_1m.parquet"
+    manifests.write(pa.table(cols), path)
+    t0 = time.perf_counter()
+    t = manifests.read(path)
+    dt = time.perf_counter() - t0
+    assert t.num_rows == n
+    return {"manifest_read_rows_per_s": n / dt}
+
+
+def pose_head(tmp: Path, size: int = 640) -> dict:
+    """Latency of the detector with and without the pose head (same weights elsewhere), batch 1, CPU."""
+    import torch
+
+    from hpe_model import RetinaPose
+
+    torch.manual_seed(0)
+    with_pose = RetinaPose("mobilenet", pose_head=True).eval()
+    without = RetinaPose("mobilenet", pose_head=False).eval()
+    without.load_state_dict({k: v for k, v in with_pose.state_dict().items() if not k.startswith("pose_head")})
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        runs = [(median_latency(lambda: with_pose(x), runs=15), median_latency(lambda: without(x), runs=15))
+                for _ in range(3)]
+    lat_pose = float(np.median([a for a, _ in runs]))
+    lat_base = float(np.median([b for _, b in runs]))
+    return {"pose_head_overhead": lat_pose / lat_base - 1.0, "latency_ms_640": lat_pose * 1e3}
