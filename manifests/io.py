@@ -59,6 +59,15 @@ def relative_image_path(manifest_out: str | os.PathLike, image: str | os.PathLik
 
 
 def _column(name: str, values: list, typ: pa.DataType | None) -> pa.Array:
+    try:
+        return _column_unchecked(name, values, typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        if isinstance(e, ManifestError):
+            raise
+        raise ManifestError(f"column {name!r}: {e}") from None
+
+
+def _column_unchecked(name: str, values: list, typ: pa.DataType | None) -> pa.Array:
     if typ is None:
         return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values])
     if pa.types.is_fixed_size_list(typ):
@@ -113,7 +122,10 @@ def to_numpy(table: pa.Table, name: str) -> np.ndarray:
     n = LIST_LENGTHS.get(name) or col.type.list_size
     vt = col.type.value_type
     # Flattening an array with null parents drops them, so fill from the underlying child with offsets.
-    values = col.values.to_numpy(zero_copy_only=False)
+    child = col.values
+    if pa.types.is_boolean(vt) and child.null_count:  # Parquet marks the slots of null lists null: object dtype
+        child = child.fill_null(False)
+    values = child.to_numpy(zero_copy_only=False)
     off = col.offset * n
     out = np.array(values[off: off + len(col) * n]).reshape(len(col), n)
     if col.null_count:
@@ -232,10 +244,13 @@ def concat(tables: Iterable[pa.Table]) -> pa.Table:
     names: dict[str, pa.Field] = {}
     for t in tables:
         for f in t.schema:
-            names.setdefault(f.name, f)
+            # an all-null extra column is typed `null` in its table: a typed one elsewhere decides the type
+            if f.name not in names or pa.types.is_null(names[f.name].type):
+                names[f.name] = f
     out = []
     for t in tables:
-        cols = [t.column(n) if n in t.column_names else pa.nulls(t.num_rows, type=f.type) for n, f in names.items()]
+        cols = [(t.column(n) if t.column(n).type == f.type else t.column(n).cast(f.type)) if n in t.column_names
+                else pa.nulls(t.num_rows, type=f.type) for n, f in names.items()]
         out.append(pa.Table.from_arrays(cols, schema=pa.schema(list(names.values()))))
     merged = pa.concat_tables(out)
     return merged.replace_schema_metadata({VERSION_KEY: VERSION.encode()})
