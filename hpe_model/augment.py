@@ -71,13 +71,13 @@ def sample_crop(boxes: np.ndarray, width: int, height: int, rng: np.random.Gener
     integer offsets that keep it inside (and the crop inside the frame). A face larger than the drawn side
     enlarges it; a face larger than the short side makes the crop overhang the frame (padded by the caller).
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    boxes = np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 0, [width - 1, height - 1] * 2)
     short = min(width, height)
     side = int(round(rng.uniform(*scales) * short))
-    size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])  # whole box needs side >= size + 1
-    need = int(math.ceil(size.min())) + 1
-    side = max(side, need, 1)
-    fits = np.flatnonzero(size + 1 <= side)
+    # pixels a whole box spans at integer offsets: the crop side must be at least that
+    span = np.maximum(np.ceil(boxes[:, 2]) - np.floor(boxes[:, 0]), np.ceil(boxes[:, 3]) - np.floor(boxes[:, 1])) + 1
+    side = max(side, int(span.min()), 1)
+    fits = np.flatnonzero(span <= side)
     x1, y1, x2, y2 = boxes[fits[rng.integers(len(fits))]]
 
     def offset(lo_face, hi_face, extent):

@@ -22,7 +22,7 @@ import manifests
 from hpe_data import landmarks as L
 from hpe_data.imageio import ImageError, read_rgb
 
-from .augment import MEAN_RGB, Augment
+from .augment import MEAN_RGB, Augment, letterbox
 
 _COLUMNS = ("sample_id", "image_path", "width", "height", "bbox", "landmarks", "landmark_visible", "rotation",
             "camera")
@@ -279,8 +279,6 @@ class Frames(Dataset):
     """Full frames of a manifest for validation: (letterboxed uint8 (3, S, S), scale, ground truth)."""
 
     def __init__(self, manifest_path, image_size: int):
-        from .augment import letterbox  # noqa: F401  (kept local: the training path does not need it)
-
         self.source = load_source(manifest_path)
         self.image_size = image_size
 
@@ -288,8 +286,6 @@ class Frames(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int):
-        from .augment import letterbox
-
         s = self.source
         try:
             img = read_rgb(s.files[i])

@@ -23,7 +23,7 @@ REQUIRED: dict[str, tuple[pa.DataType, bool, str]] = {
     "landmarks": (_fixed(pa.float32(), 136), True, "68 x (x, y), iBUG order, 0-based pixels"),
     "landmarks_3d": (_fixed(pa.float32(), 204), True, "68 x (x, y, z): x, y pixels, z towards the viewer"),
     "landmark_visible": (_fixed(pa.bool_(), 68), True, "false: self-occluded, outside the frame or unknown"),
-    "landmarks_source": (pa.string(), True, "annotation | fitted | projected | face-alignment | synthetic"),
+    "landmarks_source": (pa.string(), True, "annotation | annotation-pts_2d | fitted | projected | face-alignment | dlib | synthetic"),
     "yaw": (pa.float64(), True, "degrees, conventions section 1"),
     "pitch": (pa.float64(), True, "degrees"),
     "roll": (pa.float64(), True, "degrees"),
