@@ -68,3 +68,10 @@ def pose_head(tmp: Path, size: int = 640) -> dict:
     lat_pose = float(np.median([a for a, _ in runs]))
     lat_base = float(np.median([b for _, b in runs]))
     return {"pose_head_overhead": lat_pose / lat_base - 1.0, "latency_ms_640": lat_pose * 1e3}
+
+
+def predict(tmp: Path) -> dict:
+    """images/s of predict at batch 1 and 16 on CPU, PyTorch and onnxruntime side by side."""
+    from hpe_model.export import bench_predict
+
+    return bench_predict(sizes=(640, 320), batch_sizes=(1, 16), threads=1)

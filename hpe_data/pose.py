@@ -88,9 +88,16 @@ def to_euler(R):
     m21, m22, m20 = R[..., 1, 2], R[..., 2, 2], R[..., 0, 2]  # M = R.T
     m10, m00 = R[..., 0, 1], R[..., 0, 0]
     d = 180.0 / math.pi
+    cy = xp.hypot(m21, m22)
     pitch = atan2(m21, m22) * d
-    yaw = -atan2(-m20, xp.hypot(m21, m22)) * d
+    yaw = -atan2(-m20, cy) * d
     roll = -atan2(m10, m00) * d
+    # Exactly at yaw = +-90 both atan2 above see (0, 0): only roll - pitch (or roll + pitch) is defined, and it
+    # lives in the second row. Report it as roll with pitch 0 so the matrix round trip stays exact.
+    lock = cy < 1e-9
+    if bool(lock.any()) if hasattr(lock, "any") else lock:
+        pitch = xp.where(lock, xp.zeros_like(pitch), pitch)
+        roll = xp.where(lock, atan2(R[..., 1, 0], R[..., 1, 1]) * d, roll)
     return pitch, yaw, roll
 
 
@@ -119,7 +126,7 @@ def rotate_inplane(R, theta):
     This is a roll of the camera about its optical axis; `roll += theta` is only right at yaw = pitch = 0.
     """
     R = _asarray(R)
-    Rz = rz(-_asarray(theta) * (math.pi / 180.0))
+    Rz = rz(-_asarray(theta, like=R) * (math.pi / 180.0))
     if _is_tensor(R):
         Rz = Rz.to(R.dtype)
     return Rz @ R
