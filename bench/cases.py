@@ -10,7 +10,7 @@ import pyarrow as pa
 import manifests
 from hpe_data import pose
 
-from .common import median_latency
+from .common import decode_encode_floor, decode_warp_encode_floor, jpeg_files, median_latency
 
 
 def manifest_read(tmp: Path, n: int = 1_000_000) -> dict:
@@ -75,3 +75,89 @@ def predict(tmp: Path) -> dict:
     from hpe_model.export import bench_predict
 
     return bench_predict(sizes=(640, 320), batch_sizes=(1, 16), threads=1)
+
+
+# ---------------------------------------------------------------- data stages against their I/O floor
+
+
+def _synth_manifest(tmp: Path, count: int = 100) -> tuple[Path, list[Path]]:
+    """Synthetic AFLW2000-format faces imported into a manifest (cached per benchmark run)."""
+    from hpe_data.importers import import_dataset
+    from hpe_data.synth import synth
+
+    root = tmp.parent / "_shared_aflw"
+    out = root / "m.parquet"
+    if not out.exists():
+        synth("aflw2000", root / "data", count, seed=7, progress=False)
+        import_dataset("aflw2000", root / "data", out)
+    return out, jpeg_files(root / "data")
+
+
+def import_300wlp(tmp: Path, n_files: int = 4000) -> dict:
+    """Rows/s of `hpe-data import --dataset 300w-lp` with one worker, on 300W-LP-format files.
+
+    A few synthetic samples are rendered, then linked under many names, so the timing is the importer's
+    (reading .mat files and image headers), not the renderer's.
+    """
+    import os
+
+    from hpe_data.importers import import_dataset
+    from hpe_data.synth import synth
+
+    src = tmp / "src"
+    synth("300w-lp", src, 20, seed=3, progress=False)
+    pairs = sorted((p, p.with_suffix(".mat")) for p in (src / "300W_LP" / "AFW").glob("*.jpg"))
+    root = tmp / "root" / "300W_LP" / "HELEN"
+    root.mkdir(parents=True)
+    for i in range(n_files):
+        jpg, mat = pairs[i % len(pairs)]
+        os.symlink(jpg.resolve(), root / f"HELEN_{i:06d}_1_0.jpg")
+        os.symlink(mat.resolve(), root / f"HELEN_{i:06d}_1_0.mat")
+    t0 = time.perf_counter()
+    res = import_dataset("300w-lp", tmp / "root", tmp / "m.parquet", workers=1)
+    dt = time.perf_counter() - t0
+    assert res.rows == n_files, res.summary()
+    return {"import_rows_per_s_per_core": n_files / dt}
+
+
+def masked(tmp: Path) -> dict:
+    """Seconds per masked image over the JPEG decode + encode floor of the same images (one worker)."""
+    from hpe_data.masks.stage import build_masked
+
+    manifest, files = _synth_manifest(tmp)
+    floor = decode_encode_floor(files, tmp / "floor")
+    times = []
+    for k in range(2):
+        t0 = time.perf_counter()
+        build_masked(manifest, tmp / f"m{k}.parquet", tmp / f"img{k}", seed=k, workers=1)
+        times.append((time.perf_counter() - t0) / len(files))
+    per = min(times)
+    return {"masked_over_floor": per / floor, "masked_ms_per_image": per * 1e3, "jpeg_floor_ms": floor * 1e3}
+
+
+def rotate(tmp: Path) -> dict:
+    """Seconds per rotated image over decode + one bilinear warp + encode of the same images (one worker)."""
+    from hpe_data.rotate import rotate as rotate_stage
+
+    manifest, files = _synth_manifest(tmp)
+    floor = decode_warp_encode_floor(files, tmp / "floor")
+    times = []
+    for k in range(2):
+        t0 = time.perf_counter()
+        rotate_stage(manifest, tmp / f"r{k}.parquet", tmp / f"img{k}", range_deg=45, seed=k, workers=1)
+        times.append((time.perf_counter() - t0) / len(files))
+    per = min(times)
+    return {"rotate_over_floor": per / floor, "rotate_ms_per_image": per * 1e3, "warp_floor_ms": floor * 1e3}
+
+
+def workers2(tmp: Path) -> dict:
+    """Speed-up of the mask stage with 2 workers over 1 on the same images."""
+    from hpe_data.masks.stage import build_masked
+
+    manifest, _ = _synth_manifest(tmp)
+    t = {}
+    for w in (1, 2):
+        t0 = time.perf_counter()
+        build_masked(manifest, tmp / f"w{w}.parquet", tmp / f"img{w}", seed=0, workers=w, chunk_size=8)
+        t[w] = time.perf_counter() - t0
+    return {"workers2_speedup": t[1] / t[2]}
