@@ -62,7 +62,8 @@ def run_eval(checkpoint, manifest, out, image_size, batch_size, device, score_th
     if load is None:
         raise click.ClickException("hpe_model.load(checkpoint, device=...) is not available in this install")
     device = device or _default_device()
-    predictor = load(checkpoint, device=device)
+    # keep low-scoring detections in the predictor: --score-thresh decides in the matcher, and they are counted
+    predictor = load(checkpoint, device=device, score_thresh=min(score_thresh, 0.02))
     try:
         rep = evaluate(predictor, list(manifest), out, batch_size=batch_size, image_size=image_size,
                  score_thresh=score_thresh, iou_thresh=iou_thresh, protocol=protocol, workers=workers,

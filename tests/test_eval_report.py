@@ -228,7 +228,7 @@ def test_cli_runs_with_loaded_predictor(data, tmp_path, monkeypatch):
     ckpt.write_bytes(b"x")
     calls = []
 
-    def fake_load(checkpoint, device=None):
+    def fake_load(checkpoint, device=None, **options):
         calls.append((checkpoint, device))
         return FakePredictor()
 
@@ -252,7 +252,7 @@ def test_cli_errors_are_clear(data, tmp_path, monkeypatch):
 
     res = CliRunner().invoke(main, ["--out", str(tmp_path)])
     assert res.exit_code != 0 and "--checkpoint" in res.output
-    monkeypatch.setattr(hpe_model, "load", lambda c, device=None: FakePredictor(), raising=False)
+    monkeypatch.setattr(hpe_model, "load", lambda c, device=None, **options: FakePredictor(), raising=False)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet")
     ckpt = tmp_path / "m.pt"

@@ -206,7 +206,9 @@ def _prefetch(pool, items, image_size, ahead: int):
 
 
 def _run_batch(predictor, batch, fps, score_thresh, iou_thresh) -> list[dict]:
-    dets = predictor.predict([img for _, img, _ in batch])
+    # hpe_model.load() predictors expose per-image arrays as predict_arrays (their predict returns face lists)
+    run = getattr(predictor, "predict_arrays", None) or predictor.predict
+    dets = run([img for _, img, _ in batch])
     if len(dets) != len(batch):
         raise metrics.EvaluationError(f"predictor returned {len(dets)} results for {len(batch)} images")
     done = []
