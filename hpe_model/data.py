@@ -291,6 +291,9 @@ class Frames(Dataset):
             img = read_rgb(s.files[i])
         except ImageError as e:
             raise RuntimeError(f"{s.path}: {e}") from None
+        if img.shape[1] != s.width[i] or img.shape[0] != s.height[i]:
+            raise RuntimeError(f"{s.path}: image {s.files[i]} is {img.shape[1]}x{img.shape[0]}, "
+                               f"the manifest says {s.width[i]}x{s.height[i]}")
         small, scale = letterbox(img, self.image_size)
         a, b = s.start[i], s.start[i + 1]
         gt = {"boxes": s.bbox[a:b], "rotation": s.rotation[a:b].reshape(-1, 3, 3)}
