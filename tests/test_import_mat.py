@@ -229,7 +229,7 @@ def test_300wlp_real_pair(refdata, tmp_path):
     b = np.asarray(r["bbox"])
     np.testing.assert_allclose(b, [lm[inside, 0].min(), lm[inside, 1].min(), lm[inside, 0].max(), lm[inside, 1].max()],
                                atol=0.01)
-    assert manifests.resolve_image(out, r["image_path"]).resolve() == (refdata / "300w_lp" / "IBUG_image_008_1_0.jpg")
+    assert manifests.resolve_image(out, r["image_path"]).resolve() == (refdata / "300w_lp" / "IBUG_image_008_1_0.jpg").resolve()
 
 
 def test_300wlp_flip_twin_pts_and_discovery(refdata, tmp_path):
