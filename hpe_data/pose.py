@@ -145,6 +145,18 @@ def inplane_affine(theta: float, center) -> np.ndarray:
     return np.hstack([A, off[:, None]])
 
 
+def from_rotvec(rv) -> np.ndarray:
+    """Rotation matrices (N, 3, 3) from rotation vectors (N, 3) (axis * angle in radians), by Rodrigues."""
+    rv = np.asarray(rv, dtype=np.float64).reshape(-1, 3)
+    th = np.linalg.norm(rv, axis=1)
+    k = rv / np.maximum(th, 1e-12)[:, None]
+    K = np.zeros((len(rv), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 0] = -k[:, 2], k[:, 1], k[:, 2]
+    K[:, 1, 2], K[:, 2, 0], K[:, 2, 1] = -k[:, 0], -k[:, 1], k[:, 0]
+    s, c = np.sin(th)[:, None, None], np.cos(th)[:, None, None]
+    return np.eye(3) + s * K + (1 - c) * (K @ K)
+
+
 def geodesic(R1, R2, eps: float = 1e-7):
     """Angle of R1 @ R2.T in radians, the geodesic distance on SO(3) (clamped so its gradient stays finite)."""
     R1, R2 = _asarray(R1), _asarray(R2)

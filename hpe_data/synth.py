@@ -238,18 +238,6 @@ def _torso():
 TORSO_OFFSET = np.array([0.0, 325.0, 30.0])  # torso centre below the head centre, body frame (mm)
 
 
-def _rodrigues(rv):
-    """Rotation matrices (N, 3, 3) from rotation vectors (N, 3) (axis * angle)."""
-    rv = np.asarray(rv, dtype=np.float64).reshape(-1, 3)
-    th = np.linalg.norm(rv, axis=1)
-    k = rv / np.maximum(th, 1e-12)[:, None]
-    K = np.zeros((len(rv), 3, 3))
-    K[:, 0, 1], K[:, 0, 2], K[:, 1, 0] = -k[:, 2], k[:, 1], k[:, 2]
-    K[:, 1, 2], K[:, 2, 0], K[:, 2, 1] = -k[:, 0], -k[:, 1], k[:, 0]
-    s, c = np.sin(th)[:, None, None], np.cos(th)[:, None, None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
 def _pose_mesh(mesh: headmod.Mesh, inst: HeadInstance):
     """Camera-frame vertices and normals of the head; the neck bends from the head's rotation at the pivot
     under the skull to the torso's rotation at its bottom (X_cam = R_w (X - p) + R p + t)."""
@@ -260,7 +248,7 @@ def _pose_mesh(mesh: headmod.Mesh, inst: HeadInstance):
     if len(bend):
         piv = headmod.NECK_PIVOT * inst.params.size
         rel = cv2.Rodrigues(Rb.T @ R)[0].ravel()
-        Rw = Rb @ _rodrigues(mesh.follow[bend, None] * rel)  # (N, 3, 3)
+        Rw = Rb @ pose.from_rotvec(mesh.follow[bend, None] * rel)  # (N, 3, 3)
         v[bend] = np.einsum("nij,nj->ni", Rw, mesh.verts[bend] - piv) + R @ piv
         n[bend] = np.einsum("nij,nj->ni", Rw, mesh.normals[bend])
     return v + inst.t, n

@@ -252,3 +252,12 @@ def test_sign_facts_on_real_samples(refdata, name, key, sign):
         assert eyes[2] > chin[2]
     else:  # eye line tilted clockwise: the image-right eye is lower on screen (y larger)
         assert cam[42:48, 1].mean() > cam[36:42, 1].mean()
+
+
+@given(st.floats(-3.1, 3.1), st.sampled_from(["x", "y", "z"]))
+def test_rotvec_about_an_axis_is_the_elementary_rotation(a, axis):
+    rv = {"x": [a, 0, 0], "y": [0, a, 0], "z": [0, 0, a]}[axis]
+    ref = {"x": pose.rx, "y": pose.ry, "z": pose.rz}[axis](a)
+    assert np.allclose(pose.from_rotvec(rv)[0], ref, atol=1e-12)
+    # the angle of the rotation is the norm of the vector
+    assert np.isclose(pose.geodesic_deg(pose.from_rotvec(rv)[0], np.eye(3)), abs(np.degrees(a)), atol=1e-5)
