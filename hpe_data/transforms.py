@@ -101,15 +101,16 @@ def rotate_row(row: dict, theta: float, center) -> dict:
     camera the centre must be the principal point, and the translation rotates too.
     """
     W, H = int(row["width"]), int(row["height"])
-    M = pose.inplane_affine(theta, center)
+    M = _affine(theta, center)
     out = dict(row)
     lm = _points(row, "landmarks", 2)
     if lm is not None:
         lm2 = lm @ M[:, :2].T + M[:, 2]
         out["landmarks"] = lm2.reshape(-1)
+        inside = in_frame(lm2, W, H)
         vis = np.ones(L.N_POINTS, bool) if row.get("landmark_visible") is None else np.asarray(row["landmark_visible"], bool)
-        out["landmark_visible"] = vis & in_frame(lm2, W, H)
-        out["bbox"] = face_box(lm2, W, H)
+        out["landmark_visible"] = vis & inside
+        out["bbox"] = _inside_box(lm2, inside, W, H)
     else:  # no landmarks: the rotated box corners are all we have (a looser box)
         x1, y1, x2, y2 = np.asarray(row["bbox"], dtype=np.float64)
         c = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]) @ M[:, :2].T + M[:, 2]
@@ -133,18 +134,71 @@ def rotate_row(row: dict, theta: float, center) -> dict:
     return out
 
 
-def rotate_image(img: np.ndarray, theta: float, center, border: str = "reflect101") -> np.ndarray:
-    """The image rotated like `rotate_row` (bilinear, same size)."""
+def _inside_box(lm: np.ndarray, inside: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`face_box(lm, width, height)` when the in-frame test of the points is already done (same numbers)."""
+    if not inside.any():
+        b = np.full(4, np.nan)
+    else:
+        p = lm[inside]
+        b = np.concatenate([p.min(0), p.max(0)])
+    return np.clip(b, 0, [width - 1, height - 1, width - 1, height - 1])
+
+
+def rotate_image(img: np.ndarray, theta: float, center, border: str = "reflect101",
+                 dst: np.ndarray | None = None) -> np.ndarray:
+    """The image rotated like `rotate_row` (bilinear, same size).
+
+    dst: an array of the image's shape and type to write into (a stage reuses one per image size: a fresh
+    output costs an allocation and its page faults, ~10 % of the warp).
+    """
     H, W = img.shape[:2]
-    return cv2.warpAffine(img, pose.inplane_affine(theta, center), (W, H), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(img, _affine(theta, center), (W, H), dst=dst, flags=cv2.INTER_LINEAR,
                           borderMode=BORDERS[border])
 
 
+_GRID = np.arange(16, dtype=np.float64)[:, None]  # sample positions of valid_fraction, as np.linspace makes them
+
+
 def valid_fraction(box, theta: float, center, width: int, height: int) -> float:
-    """Share of `box` in the rotated image that comes from real pixels rather than the border fill."""
-    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
-    xs, ys = np.meshgrid(np.linspace(x1, x2, 16), np.linspace(y1, y2, 16))
-    pts = np.stack([xs.ravel(), ys.ravel()], 1)
-    inv = cv2.invertAffineTransform(pose.inplane_affine(theta, center))
-    src = pts @ inv[:, :2].T + inv[:, 2]
+    """Share of `box` in the rotated image that comes from real pixels rather than the border fill.
+
+    Sampled on a 16 x 16 grid over the box (np.linspace spacing), mapped back into the source image.
+    """
+    b = np.asarray(box, dtype=np.float64)
+    lo, hi = b[:2], b[2:]
+    delta = hi - lo
+    step = delta / 15
+    g = _GRID * step  # np.linspace's arithmetic, bit for bit
+    if not step.all():  # its special case of a step that underflows to 0
+        g = np.where(step == 0, _GRID / 15 * delta, g)
+    g += lo
+    g[-1] = hi
+    pts = np.empty((16, 16, 2))
+    pts[..., 0] = g[:, 0]  # rows: y, columns: x (np.meshgrid order)
+    pts[..., 1] = g[:, 1, None]
+    src = pts.reshape(256, 2) @ (inv := _inverse_affine(theta, center))[:, :2].T + inv[:, 2]
     return float(in_frame(src, width, height).mean())
+
+
+_AFFINES: dict = {}
+
+
+def _affine(theta: float, center) -> np.ndarray:
+    """pose.inplane_affine, remembered: the label, box and image transforms of one copy share it."""
+    key = (float(theta), float(center[0]), float(center[1]))
+    M = _AFFINES.get(key)
+    if M is None:
+        if len(_AFFINES) >= 16:
+            _AFFINES.clear()
+        M = _AFFINES[key] = pose.inplane_affine(theta, center)
+        M.flags.writeable = False  # shared: nobody may change it
+    return M
+
+
+def _inverse_affine(theta: float, center) -> np.ndarray:
+    key = ("inv", float(theta), float(center[0]), float(center[1]))
+    inv = _AFFINES.get(key)
+    if inv is None:
+        inv = _AFFINES[key] = cv2.invertAffineTransform(_affine(theta, center))
+        inv.flags.writeable = False
+    return inv
