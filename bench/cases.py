@@ -10,7 +10,7 @@ import pyarrow as pa
 import manifests
 from hpe_data import pose
 
-from .common import decode_encode_floor, decode_warp_encode_floor, jpeg_files, median_latency
+from .common import best_of, decode_encode_floor, decode_warp_encode_floor, jpeg_files, median_latency
 
 
 def manifest_read(tmp: Path, n: int = 1_000_000) -> dict:
@@ -161,3 +161,43 @@ def workers2(tmp: Path) -> dict:
         build_masked(manifest, tmp / f"w{w}.parquet", tmp / f"img{w}", seed=0, workers=w, chunk_size=8)
         t[w] = time.perf_counter() - t0
     return {"workers2_speedup": t[1] / t[2]}
+
+
+def loader(tmp: Path, image_size: int = 256, batch: int = 16) -> dict:
+    """Input-pipeline images/s (decode + crop + photometric + flip, one process) over train-step images/s.
+
+    The step is forward + loss + backward + SGD on the CPU with torch's default threads, at the same size.
+    """
+    import torch
+
+    from hpe_model import RetinaPose
+    from hpe_model.augment import Augment
+    from hpe_model.data import FaceImages, collate, normalize
+
+    manifest, _ = _synth_manifest(tmp)
+    ds = FaceImages([manifest], Augment(image_size=image_size), seed=0)
+    n = min(len(ds), 96)
+
+    def load_all():
+        for i in range(n):
+            ds[(0, i)]
+
+    load_all()  # warm the page cache
+    loader_ips = n / best_of(load_all, 2)
+
+    torch.manual_seed(0)
+    model = RetinaPose("mobilenet")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images, targets = collate([ds[(0, i)] for i in range(batch)])
+    x = normalize(images)
+
+    def step():
+        loss = model.loss(model(x), targets)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    step_ips = batch / best_of(step, 3)
+    return {"loader_over_step": loader_ips / step_ips, "loader_images_per_s": loader_ips,
+            "train_step_images_per_s": step_ips}
