@@ -10,6 +10,7 @@ by neither. Hot loops are numba kernels; `rasterize_reference` is a plain numpy 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -74,9 +75,41 @@ def _edge(verts, i, j, px, py):
 
 
 @njit(cache=True)
-def _raster_kernel(verts, faces, x0, y0, cull, face_id, bary, depth):
+def _edge_coeffs(verts, i, j, s):
+    """Edge (i -> j) of a face with orientation sign s as (X, Y, A, B): the edge value at p is
+    A * (py - Y) - B * (px - X), the arithmetic of _edge (from the lower-index vertex) with the sign folded
+    into A and B (exact: the sign is +-1)."""
+    if i > j:
+        i, j = j, i
+        s = -s
+    X, Y = verts[i, 0], verts[i, 1]
+    return X, Y, s * (verts[j, 0] - X), s * (verts[j, 1] - Y)
+
+
+@njit(cache=True)
+def _span(xa, xb, X, C, B, iB, flo, fhi, eps):
+    """Narrow the pixel range [xa, xb] of a row to where one edge can be >= 0 (C = A * (py - Y)), with a
+    margin eps far above rounding: the exact edge test decides the pixels at the ends. xa > xb: empty."""
+    if B == 0.0:
+        return (xa, xb) if C >= 0.0 else (1, 0)
+    xs = min(max(X + C * iB, flo), fhi)
+    if B < 0.0:  # the edge value grows with x
+        return max(xa, int(math.ceil(xs - eps))), xb
+    return xa, min(xb, int(math.floor(xs + eps)))
+
+
+@njit(cache=True)
+def _zbuffer_kernel(verts, faces, x0, y0, cull, gate, face_id, depth, bary, with_bary):
+    """Z-buffer of faces into the window at (x0, y0); faces from index `gate` on are occluders: they are
+    only tested at pixels an earlier face covers (within each row's covered span).
+
+    Per row, each edge bounds the pixel range analytically (with a margin); every pixel in the range is
+    then decided by the exact watertight edge values, so the result is that of a full box scan."""
     h, w = face_id.shape
+    lo = np.full(h, w, np.int64)  # the span of pixels drawn by faces[:gate], per row
+    hi = np.full(h, -1, np.int64)
     for f in range(faces.shape[0]):
+        gated = f >= gate
         a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
         ax, ay, bx, by, cx, cy = verts[a, 0], verts[a, 1], verts[b, 0], verts[b, 1], verts[c, 0], verts[c, 1]
         area = _orient(ax, ay, bx, by, cx, cy)
@@ -88,26 +121,86 @@ def _raster_kernel(verts, faces, x0, y0, cull, face_id, bary, depth):
         hi_x = min(int(np.floor(max(ax, bx, cx))), x0 + w - 1)
         lo_y = max(int(np.ceil(min(ay, by, cy))), y0)
         hi_y = min(int(np.floor(max(ay, by, cy))), y0 + h - 1)
+        if lo_x > hi_x or lo_y > hi_y:  # no pixel centre in its box (most faces of a coarse grid)
+            continue
         s = 1.0 if area > 0.0 else -1.0
+        # edge k is opposite vertex k: its value is vertex k's barycentric weight (times the area)
+        X0, Y0, A0, B0 = _edge_coeffs(verts, b, c, s)
+        X1, Y1, A1, B1 = _edge_coeffs(verts, c, a, s)
+        X2, Y2, A2, B2 = _edge_coeffs(verts, a, b, s)
+        i0 = 1.0 / B0 if B0 != 0.0 else 0.0
+        i1 = 1.0 / B1 if B1 != 0.0 else 0.0
+        i2 = 1.0 / B2 if B2 != 0.0 else 0.0
         az, bz, cz = verts[a, 2], verts[b, 2], verts[c, 2]
+        # without barycentrics, depth is the face's plane z = zx px + zy py + z0 (no division per pixel)
+        zx = ((by - cy) * az + (cy - ay) * bz + (ay - by) * cz) / area
+        zy = ((cx - bx) * az + (ax - cx) * bz + (bx - ax) * cz) / area
+        z0 = az - zx * ax - zy * ay
+        flo, fhi = lo_x - 2.0, hi_x + 2.0
+        eps = 1e-6 * (1.0 + max(abs(flo), abs(fhi)))
         for py in range(lo_y, hi_y + 1):
-            for px in range(lo_x, hi_x + 1):
-                e0 = s * _edge(verts, b, c, px, py)  # weight of a
-                e1 = s * _edge(verts, c, a, px, py)  # weight of b
-                e2 = s * _edge(verts, a, b, px, py)  # weight of c
-                if e0 < 0.0 or e1 < 0.0 or e2 < 0.0:
+            r = py - y0
+            xa, xb = lo_x, hi_x
+            if gated:
+                xa, xb = max(xa, lo[r] + x0), min(xb, hi[r] + x0)
+                if xa > xb:
                     continue
-                tot = e0 + e1 + e2
-                w0, w1 = e0 / tot, e1 / tot
-                w2 = e2 / tot
-                z = w0 * az + w1 * bz + w2 * cz
-                r, q = py - y0, px - x0
+            C0, C1, C2 = A0 * (py - Y0), A1 * (py - Y1), A2 * (py - Y2)
+            xa, xb = _span(xa, xb, X0, C0, B0, i0, flo, fhi, eps)
+            xa, xb = _span(xa, xb, X1, C1, B1, i1, flo, fhi, eps)
+            xa, xb = _span(xa, xb, X2, C2, B2, i2, flo, fhi, eps)
+            zr = zy * py + z0
+            for px in range(xa, xb + 1):
+                q = px - x0
+                if gated and face_id[r, q] < 0:
+                    continue
+                e0 = C0 - B0 * (px - X0)
+                if e0 < 0.0:
+                    continue
+                e1 = C1 - B1 * (px - X1)
+                if e1 < 0.0:
+                    continue
+                e2 = C2 - B2 * (px - X2)
+                if e2 < 0.0:
+                    continue
+                if with_bary:  # the reference's arithmetic, for identical winners and weights
+                    tot = e0 + e1 + e2
+                    w0, w1 = e0 / tot, e1 / tot
+                    w2 = e2 / tot
+                    z = w0 * az + w1 * bz + w2 * cz
+                else:
+                    z = zx * px + zr
                 if z < depth[r, q]:
                     depth[r, q] = z
                     face_id[r, q] = f
-                    bary[r, q, 0] = w0
-                    bary[r, q, 1] = w1
-                    bary[r, q, 2] = w2
+                    if with_bary:
+                        bary[r, q, 0] = w0
+                        bary[r, q, 1] = w1
+                        bary[r, q, 2] = w2
+                    if not gated:
+                        lo[r] = min(lo[r], q)
+                        hi[r] = max(hi[r], q)
+
+
+@njit(cache=True)
+def attribute_planes(verts, faces, attr, count):
+    """Per-vertex attributes (V, k) of faces[:count] as screen planes: out[f, j] = (gx, gy, g0) with
+    attribute j = gx x + gy y + g0 inside face f (linear barycentric interpolation without a division per
+    pixel). Degenerate faces get zeros (they never win a z-buffer)."""
+    k = attr.shape[1]
+    out = np.zeros((count, k, 3))
+    for f in range(count):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        ax, ay, bx, by, cx, cy = verts[a, 0], verts[a, 1], verts[b, 0], verts[b, 1], verts[c, 0], verts[c, 1]
+        area = _orient(ax, ay, bx, by, cx, cy)
+        if not (area == area) or area == 0.0:
+            continue
+        for j in range(k):
+            ga, gb, gc = attr[a, j], attr[b, j], attr[c, j]
+            gx = ((by - cy) * ga + (cy - ay) * gb + (ay - by) * gc) / area
+            gy = ((cx - bx) * ga + (ax - cx) * gb + (bx - ax) * gc) / area
+            out[f, j, 0], out[f, j, 1], out[f, j, 2] = gx, gy, ga - gx * ax - gy * ay
+    return out
 
 
 def rasterize(verts, faces, height: int, width: int, window=None, cull: bool = False) -> Raster:
@@ -120,11 +213,32 @@ def rasterize(verts, faces, height: int, width: int, window=None, cull: bool = F
     x0, y0, x1, y1 = _window(window, height, width)
     h, w = y1 - y0, x1 - x0
     face_id = np.full((h, w), -1, np.int32)
-    bary = np.zeros((h, w, 3), np.float64)
-    depth = np.full((h, w), np.inf, np.float64)
+    bary = np.zeros((h, w, 3), np.float32)
+    depth = np.full((h, w), np.inf, np.float64)  # float64 while testing: the same winners as the reference
     if h and w and len(faces):
-        _raster_kernel(verts, faces, x0, y0, bool(cull), face_id, bary, depth)
-    return Raster(face_id, bary.astype(np.float32), depth.astype(np.float32), faces, x0, y0)
+        _zbuffer_kernel(verts, faces, x0, y0, bool(cull), len(faces), face_id, depth, bary, True)
+    return Raster(face_id, bary, depth.astype(np.float32), faces, x0, y0)
+
+
+def zbuffer(verts, faces, height: int, width: int, window=None, gate: int | None = None):
+    """Face ids (int32, -1 = empty) and depth (float32, inf = empty) of the window, without barycentrics.
+
+    gate: faces[gate:] are occluders only: they are tested only where faces[:gate] drew something (a mask
+    in front of a face: the face matters only where it may hide the mask), which saves scanning them
+    elsewhere. The same pixels as `rasterize`; depth comes from each face's plane (not the reference's
+    barycentric sum) and is kept in float32, so near-ties between faces may resolve differently.
+    """
+    verts, faces = _check(verts, faces)
+    x0, y0, x1, y1 = _window(window, height, width)
+    h, w = y1 - y0, x1 - x0
+    face_id = np.full((h, w), -1, np.int32)
+    depth = np.full((h, w), np.inf, np.float32)
+    gate = len(faces) if gate is None else int(gate)
+    if not 0 <= gate <= len(faces):
+        raise ValueError(f"gate must be in 0..{len(faces)}, got {gate}")
+    if h and w and len(faces):
+        _zbuffer_kernel(verts, faces, x0, y0, False, gate, face_id, depth, np.zeros((1, 1, 3), np.float32), False)
+    return face_id, depth
 
 
 def rasterize_reference(verts, faces, height: int, width: int, window=None, cull: bool = False) -> Raster:

@@ -403,3 +403,67 @@ def test_synthetic_heads_yield_and_true_visibility(tmp_path, fmt):
     # the face proxy cannot see the lips hiding each other when the head bends far, so not 100 %; but the
     # flags are much more often truly visible points than "under the mask" would be
     assert n_ours > 0 and ours / n_ours > 0.75 and ours / n_ours > under / n_under + 0.15
+
+
+# --------------------------------------------------------------------------------------------- style sets
+
+# the protocol's split, as documented (hpe_data.masks.styles, build-masked --help): a style is held out when
+# its pattern or its colour is
+SPEC_HELDOUT_PATTERNS = {"cloth/camo", "cloth/checks", "n95/valve"}
+SPEC_HELDOUT_COLOURS = {"teal", "lavender", "burgundy", "olive", "mustard", "purple", "beige"}
+
+
+def spec_heldout(name: str) -> bool:
+    kind, pattern, colour = name.split("/")
+    return f"{kind}/{pattern}" in SPEC_HELDOUT_PATTERNS or colour in SPEC_HELDOUT_COLOURS
+
+
+def test_style_sets_split_the_families():
+    seen = {"train": set(), "heldout": set()}
+    for style_set in seen:
+        for seed in range(400):
+            st_ = sample_style(np.random.default_rng(seed), None, ("normal",), style_set)
+            assert spec_heldout(st_.name) == (style_set == "heldout"), (style_set, st_.name)
+            if style_set == "train":  # no held-out colour anywhere in a training image (prints, loops)
+                assert not {st_.colour2, st_.loop_colour} & SPEC_HELDOUT_COLOURS, st_
+            seen[style_set].add(st_.name)
+    for names in seen.values():  # every kind keeps styles in both sets
+        assert {n.split("/")[0] for n in names} == set(KINDS)
+    assert seen["train"].isdisjoint(seen["heldout"])
+    # a selection with nothing in the set is refused up front, naming the set
+    with pytest.raises(ValueError, match="heldout"):
+        build_masked("unused.parquet", "o.parquet", "o", styles="n95/plain", style_set="heldout")
+    with pytest.raises(ValueError, match="style-set"):
+        build_masked("unused.parquet", "o.parquet", "o", style_set="test")
+
+
+def test_heldout_protocol_run_is_reproducible(refdata, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.data import main
+
+    src = tmp_path / "in.parquet"
+    manifests.write([aflw_row(refdata, s) for s in ("image00050", "image03324", "image02420")], src)
+
+    def cli_run(name, style_set, seed):
+        out = tmp_path / name / "m.parquet"
+        res = CliRunner().invoke(main, ["build-masked", "--manifest", str(src), "--out", str(out), "--images-dir",
+                                        str(tmp_path / name / "img"), "--style-set", style_set, "--seed", str(seed),
+                                        "--coverage", "normal,below-nose,chin", "--per-face", "2"])
+        assert res.exit_code == 0, res.output
+        return manifests.read_rows(out)
+
+    a, b = cli_run("a", "heldout", 0), cli_run("b", "heldout", 0)
+    assert len(a) == len(b) == 6
+    for ra, rb in zip(a, b):  # the same per-image metadata, row for row
+        assert {k for k in ra if k != "image_path"} == {k for k in rb if k != "image_path"}
+        for k in ("sample_id", "mask", "mask_coverage", "augment"):
+            assert ra[k] == rb[k]
+        assert np.array_equal(ra["occluded"], rb["occluded"])
+        assert spec_heldout(ra["mask"]) and json.loads(ra["augment"])[-1]["set"] == "heldout"
+        assert (tmp_path / "a" / ra["image_path"]).read_bytes() == (tmp_path / "b" / rb["image_path"]).read_bytes()
+    train = cli_run("c", "train", 0)
+    assert not any(spec_heldout(r["mask"]) for r in train)
+    bad = CliRunner().invoke(main, ["build-masked", "--manifest", str(src), "--out", str(tmp_path / "x.parquet"),
+                                    "--images-dir", str(tmp_path / "x"), "--style-set", "test"])
+    assert bad.exit_code != 0 and "style-set" in bad.output

@@ -19,7 +19,6 @@ with little tension for cloth.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -109,45 +108,109 @@ def fit_template(lm2d: np.ndarray, R: np.ndarray, template: np.ndarray, valid: n
     return out
 
 
-def proxy_points(S: np.ndarray) -> np.ndarray:
-    """(N_PROXY, 3) head-frame vertices of the face proxy (index order matches PROXY_TRIS)."""
-    r = scale_of(S)
-    k, bl, br = (np.array(v) for v in zip(*CHEEK_ROWS))
-    jaw_i = np.stack([k, 16 - k], 1).reshape(-1)  # right, left per row
-    base_i = np.stack([bl, br], 1).reshape(-1)
-    J, B = S[jaw_i][:, None], S[base_i][:, None]  # (10, 1, 3)
-    f = np.array(CHEEK_F)[None, :, None]
-    cheek = B + f * (J - B)
-    bulge = 1.0 - np.sqrt(1.0 - np.array(CHEEK_F) ** 2)
-    cheek[..., 2] = B[..., 2] + (J[..., 2] - B[..., 2]) * bulge[None, :]
-    jaw = S[:17]
-    d = jaw[:, :2] - S[30, :2]
-    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-    ring = jaw + np.concatenate([0.3 * r * d, np.full((17, 1), 0.5 * r)], 1)
-    brow = S[17:27] + np.array([0.0, -0.45 * r, 0.12 * r])
-    return np.concatenate([S, cheek.reshape(-1, 3), ring, brow])
+
+# The hot paths below are numba kernels working on small arrays: a face's geometry is a few hundred points,
+# where numpy's per-call overhead, not arithmetic, would dominate.
+
+_CHEEK = np.array(CHEEK_ROWS, dtype=np.int64)
+_CHEEK_F = np.array(CHEEK_F)
+_EYE_LOWER = np.array(EYE_LOWER, dtype=np.int64)
 
 
 @njit(cache=True)
-def _surface_z(qx, qy, V, T, out):
-    """Depth (head-frame z) of the proxy seen from the front at (qx, qy): the nearest covering triangle;
-    outside every triangle, the depth of the nearest vertex. Triangles are binned on a coarse grid first."""
-    nt, nb = T.shape[0], 16
-    x0, x1, y0, y1 = V[:, 0].min(), V[:, 0].max(), V[:, 1].min(), V[:, 1].max()
+def _scale(S):
+    c0, c1, c2 = 0.0, 0.0, 0.0
+    n = S.shape[0]
+    for i in range(n):
+        c0 += S[i, 0]
+        c1 += S[i, 1]
+        c2 += S[i, 2]
+    c0, c1, c2 = c0 / n, c1 / n, c2 / n
+    acc = 0.0
+    for i in range(n):
+        acc += (S[i, 0] - c0) ** 2 + (S[i, 1] - c1) ** 2 + (S[i, 2] - c2) ** 2
+    return math.sqrt(acc / n)
+
+
+@njit(cache=True)
+def _proxy_points(S):
+    r = _scale(S)
+    out = np.empty((N_PROXY, 3))
+    for i in range(68):
+        out[i, 0], out[i, 1], out[i, 2] = S[i, 0], S[i, 1], S[i, 2]
+    k = 68
+    for row in range(_CHEEK.shape[0]):
+        for side in range(2):  # subject's right, then left
+            jaw = _CHEEK[row, 0] if side == 0 else 16 - _CHEEK[row, 0]
+            base = _CHEEK[row, 1 + side]
+            for fi in range(_CHEEK_F.shape[0]):
+                f = _CHEEK_F[fi]
+                bulge = 1.0 - math.sqrt(1.0 - f * f)  # elliptic cross-section: depth lags behind x, y
+                out[k, 0] = S[base, 0] + f * (S[jaw, 0] - S[base, 0])
+                out[k, 1] = S[base, 1] + f * (S[jaw, 1] - S[base, 1])
+                out[k, 2] = S[base, 2] + bulge * (S[jaw, 2] - S[base, 2])
+                k += 1
+    for j in range(17):  # skirt: the jaw pushed outwards and back
+        dx, dy = S[j, 0] - S[30, 0], S[j, 1] - S[30, 1]
+        n = max(math.sqrt(dx * dx + dy * dy), 1e-9)
+        out[k, 0] = S[j, 0] + 0.3 * r * dx / n
+        out[k, 1] = S[j, 1] + 0.3 * r * dy / n
+        out[k, 2] = S[j, 2] + 0.5 * r
+        k += 1
+    for j in range(17, 27):  # band above the brows
+        out[k, 0] = S[j, 0]
+        out[k, 1] = S[j, 1] - 0.45 * r
+        out[k, 2] = S[j, 2] + 0.12 * r
+        k += 1
+    return out
+
+
+def proxy_points(S: np.ndarray) -> np.ndarray:
+    """(N_PROXY, 3) head-frame vertices of the face proxy (index order matches PROXY_TRIS)."""
+    return _proxy_points(np.ascontiguousarray(S, dtype=np.float64))
+
+
+@njit(cache=True)
+def _bins(V, T, nb):
+    """Point-query tables of a mesh seen from the front: triangles binned on an nb x nb grid over its box,
+    and per triangle the barycentrics w1, w2 and the depth as planes in (x, y) (no division per query;
+    a degenerate triangle gets w1 = -1 everywhere)."""
+    nt = T.shape[0]
+    x0 = x1 = V[0, 0]
+    y0 = y1 = V[0, 1]
+    for i in range(1, V.shape[0]):
+        x0, x1, y0, y1 = min(x0, V[i, 0]), max(x1, V[i, 0]), min(y0, V[i, 1]), max(y1, V[i, 1])
     sx, sy = nb / max(x1 - x0, 1e-9), nb / max(y1 - y0, 1e-9)
     box = np.empty((nt, 4), np.int64)
+    plane = np.zeros((nt, 9))
     count = np.zeros(nb * nb + 1, np.int64)
     for t in range(nt):
         a, b, c = T[t, 0], T[t, 1], T[t, 2]
-        box[t, 0] = min(int((min(V[a, 0], V[b, 0], V[c, 0]) - x0) * sx), nb - 1)
-        box[t, 1] = min(int((max(V[a, 0], V[b, 0], V[c, 0]) - x0) * sx), nb - 1)
-        box[t, 2] = min(int((min(V[a, 1], V[b, 1], V[c, 1]) - y0) * sy), nb - 1)
-        box[t, 3] = min(int((max(V[a, 1], V[b, 1], V[c, 1]) - y0) * sy), nb - 1)
+        ax, ay, bx, by, cx, cy = V[a, 0], V[a, 1], V[b, 0], V[b, 1], V[c, 0], V[c, 1]
+        den = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        if den == 0.0:
+            plane[t, 2] = -1.0
+        else:
+            p1, q1 = (cy - ay) / den, -(cx - ax) / den  # w1 = p1 x + q1 y + r1
+            p2, q2 = -(by - ay) / den, (bx - ax) / den
+            za, dzb, dzc = V[a, 2], V[b, 2] - V[a, 2], V[c, 2] - V[a, 2]
+            plane[t, 0], plane[t, 1], plane[t, 2] = p1, q1, -(p1 * ax + q1 * ay)
+            plane[t, 3], plane[t, 4], plane[t, 5] = p2, q2, -(p2 * ax + q2 * ay)
+            pz, qz = p1 * dzb + p2 * dzc, q1 * dzb + q2 * dzc
+            plane[t, 6], plane[t, 7], plane[t, 8] = pz, qz, za - pz * ax - qz * ay
+        box[t, 0] = min(int((min(ax, bx, cx) - x0) * sx), nb - 1)
+        box[t, 1] = min(int((max(ax, bx, cx) - x0) * sx), nb - 1)
+        box[t, 2] = min(int((min(ay, by, cy) - y0) * sy), nb - 1)
+        box[t, 3] = min(int((max(ay, by, cy) - y0) * sy), nb - 1)
         for i in range(box[t, 2], box[t, 3] + 1):
             for j in range(box[t, 0], box[t, 1] + 1):
                 count[i * nb + j + 1] += 1
-    start = np.cumsum(count)
-    fill = start.copy()
+    start = np.empty(nb * nb + 1, np.int64)
+    fill = np.empty(nb * nb + 1, np.int64)
+    acc = 0
+    for k in range(nb * nb + 1):
+        acc += count[k]
+        start[k] = fill[k] = acc
     cell = np.empty(start[-1], np.int64)
     for t in range(nt):
         for i in range(box[t, 2], box[t, 3] + 1):
@@ -155,28 +218,32 @@ def _surface_z(qx, qy, V, T, out):
                 k = i * nb + j
                 cell[fill[k]] = t
                 fill[k] += 1
-    for q in range(qx.shape[0]):
-        px, py = qx[q], qy[q]
+    return x0, y0, sx, sy, start, cell, plane
+
+
+@njit(cache=True)
+def _query_z(P, V, bins, nearest, out):
+    """out[q] = depth of the nearest triangle covering the point (P[q, 0], P[q, 1]) seen from the front
+    (bins from _bins); outside every triangle: the depth of the nearest vertex if `nearest`, else inf. One
+    call per batch of points: a call per point would pay array reference counting."""
+    x0, y0, sx, sy, start, cell, plane = bins
+    nb = int(math.sqrt(start.shape[0] - 1))
+    for q in range(P.shape[0]):
+        px, py = P[q, 0], P[q, 1]
         best = np.inf
-        i, j = int((py - y0) * sy), int((px - x0) * sx)
+        i, j = int(math.floor((py - y0) * sy)), int(math.floor((px - x0) * sx))
         if 0 <= i < nb and 0 <= j < nb:
             k = i * nb + j
             for n in range(start[k], start[k + 1]):
                 t = cell[n]
-                a, b, c = T[t, 0], T[t, 1], T[t, 2]
-                ax, ay, bx, by, cx, cy = V[a, 0], V[a, 1], V[b, 0], V[b, 1], V[c, 0], V[c, 1]
-                den = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-                if den == 0.0:
+                w1 = plane[t, 0] * px + plane[t, 1] * py + plane[t, 2]
+                w2 = plane[t, 3] * px + plane[t, 4] * py + plane[t, 5]
+                if w1 < -1e-9 or w2 < -1e-9 or 1.0 - w1 - w2 < -1e-9:
                     continue
-                w1 = ((px - ax) * (cy - ay) - (py - ay) * (cx - ax)) / den
-                w2 = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / den
-                w0 = 1.0 - w1 - w2
-                if w0 < -1e-9 or w1 < -1e-9 or w2 < -1e-9:
-                    continue
-                z = w0 * V[a, 2] + w1 * V[b, 2] + w2 * V[c, 2]
+                z = plane[t, 6] * px + plane[t, 7] * py + plane[t, 8]
                 if z < best:
                     best = z
-        if best == np.inf:
+        if best == np.inf and nearest:
             dmin = np.inf
             for v in range(V.shape[0]):
                 d = (V[v, 0] - px) ** 2 + (V[v, 1] - py) ** 2
@@ -188,44 +255,17 @@ def _surface_z(qx, qy, V, T, out):
 def surface_z(V: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Front depth of the proxy V (head frame) at frontal positions xy (..., 2)."""
     xy = np.asarray(xy, dtype=np.float64)
-    flat = xy.reshape(-1, 2)
+    flat = np.ascontiguousarray(xy.reshape(-1, 2))
+    V = np.ascontiguousarray(V, dtype=np.float64)
     out = np.empty(len(flat))
-    _surface_z(np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]), V, PROXY_TRIS, out)
+    _query_z(flat, V, _bins(V, PROXY_TRIS, 32), True, out)
     return out.reshape(xy.shape[:-1])
-
-
-@njit(cache=True)
-def _front_depth(qx, qy, V, T, out):
-    """Nearest screen depth of the mesh (V screen vertices) under each query point (inf if none)."""
-    for i in range(qx.shape[0]):
-        px, py = qx[i], qy[i]
-        best = np.inf
-        for t in range(T.shape[0]):
-            a, b, c = T[t, 0], T[t, 1], T[t, 2]
-            ax, ay, bx, by, cx, cy = V[a, 0], V[a, 1], V[b, 0], V[b, 1], V[c, 0], V[c, 1]
-            if px < min(ax, bx, cx) or px > max(ax, bx, cx) or py < min(ay, by, cy) or py > max(ay, by, cy):
-                continue
-            den = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-            if den == 0.0:
-                continue
-            w1 = ((px - ax) * (cy - ay) - (py - ay) * (cx - ax)) / den
-            w2 = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / den
-            w0 = 1.0 - w1 - w2
-            if w0 < -1e-9 or w1 < -1e-9 or w2 < -1e-9:
-                continue
-            z = w0 * V[a, 2] + w1 * V[b, 2] + w2 * V[c, 2]
-            if z < best:
-                best = z
-        out[i] = best
 
 
 def self_occluded(l3_screen: np.ndarray, proxy_screen: np.ndarray, tol: float) -> np.ndarray:
     """(68,) True where the face proxy itself hides the landmark (nearer by more than tol px of depth)."""
-    p = np.asarray(l3_screen, dtype=np.float64)
-    out = np.empty(len(p))
-    _front_depth(np.ascontiguousarray(p[:, 0]), np.ascontiguousarray(p[:, 1]),
-                 np.ascontiguousarray(proxy_screen, dtype=np.float64), PROXY_TRIS, out)
-    return out < p[:, 2] - tol
+    return _self_occluded(np.ascontiguousarray(l3_screen, dtype=np.float64),
+                          np.ascontiguousarray(proxy_screen, dtype=np.float64), float(tol))
 
 
 # --------------------------------------------------------------------------------------------- coverage
@@ -253,57 +293,80 @@ def coverage_mode(S: np.ndarray, coverage: float) -> str:
 # --------------------------------------------------------------------------------------------- the mask grid
 
 
-def _resample(P: np.ndarray, n: int) -> np.ndarray:
-    """n points evenly spaced by arc length along the polyline P (m, k)."""
-    seg = np.linalg.norm(np.diff(P, axis=0), axis=1)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    t = np.linspace(0.0, s[-1], n)
-    return np.stack([np.interp(t, s, P[:, k]) for k in range(P.shape[1])], 1)
+@njit(cache=True)
+def _interp(x, xp, fp):
+    """np.interp for one x over an ascending xp (also for strided xp, fp)."""
+    n = xp.shape[0]
+    if x <= xp[0]:
+        return fp[0]
+    if x >= xp[n - 1]:
+        return fp[n - 1]
+    j = 0
+    while xp[j + 1] <= x:  # the last j with xp[j] <= x
+        j += 1
+    if xp[j] == x:
+        return fp[j]
+    return fp[j] + (fp[j + 1] - fp[j]) * (x - xp[j]) / (xp[j + 1] - xp[j])
 
 
-def _jaw_at(O: np.ndarray, t) -> np.ndarray:
-    """Outline point(s) at fractional jaw index t (0..16)."""
-    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    i = np.clip(np.floor(t).astype(int), 0, 15)
-    f = (t - i)[:, None]
-    return O[i] * (1 - f) + O[i + 1] * f
+@njit(cache=True)
+def _lin(a, b, n, i):
+    """Element i of np.linspace(a, b, n)."""
+    return b if i == n - 1 else a + i * ((b - a) / (n - 1))
+
+
+@njit(cache=True)
+def _jaw_at(O, t, out, k):
+    """out[k, :2] = outline point at fractional jaw index t (0..16, extrapolated past the ends)."""
+    i = min(max(int(math.floor(t)), 0), 15)
+    f = t - i
+    out[k, 0] = O[i, 0] * (1 - f) + O[i + 1, 0] * f
+    out[k, 1] = O[i, 1] * (1 - f) + O[i + 1, 1] * f
+
+
+@njit(cache=True)
+def _resample(P, lo, hi, n, out, k0):
+    """out[k0:k0+n] = n points evenly spaced by arc length along the polyline P[lo:hi] (3D)."""
+    m = hi - lo
+    s = np.empty(m)
+    s[0] = 0.0
+    for i in range(1, m):
+        a, b = P[lo + i - 1], P[lo + i]
+        s[i] = s[i - 1] + math.sqrt((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2 + (b[2] - a[2]) ** 2)
+    j = 0
+    for q in range(n):
+        t = _lin(0.0, s[m - 1], n, q)
+        while j < m - 2 and s[j + 1] <= t:
+            j += 1
+        d = s[j + 1] - s[j]
+        f = 0.0 if d <= 0.0 else min(max((t - s[j]) / d, 0.0), 1.0)
+        for c in range(3):
+            out[k0 + q, c] = P[lo + j, c] + f * (P[lo + j + 1, c] - P[lo + j, c])
+
+
+@njit(cache=True)
+def _halves(P, n, out):
+    """Resample P to n points in two halves, so that the middle output point is P's middle point."""
+    m, h = P.shape[0] // 2, n // 2 + 1
+    _resample(P, 0, m + 1, h, out, 0)
+    _resample(P, m, P.shape[0], h, out, h - 1)  # its first point is the same middle point
 
 
 @njit(cache=True)
 def _membrane(z, limit, pressure, iters):
     """Relax the interior of z (nv, nu) towards the mean of its 4 neighbours minus `pressure` (outwards),
-    never behind `limit` (the face minus the standoff); the border stays where it is."""
+    never behind `limit` (the face minus the standoff); the border stays where it is. Jacobi steps
+    (the iteration count sets how taut the mask is), ping-ponging between two buffers."""
     nv, nu = z.shape
-    tmp = z.copy()
+    a, b = z, z.copy()
     for _ in range(iters):
         for i in range(1, nv - 1):
             for j in range(1, nu - 1):
-                m = 0.25 * (z[i - 1, j] + z[i + 1, j] + z[i, j - 1] + z[i, j + 1]) - pressure[i, j]
-                tmp[i, j] = min(m, limit[i, j])
-        for i in range(1, nv - 1):
-            for j in range(1, nu - 1):
-                z[i, j] = tmp[i, j]
-
-
-@functools.lru_cache(maxsize=8)
-def grid_tris(nv: int, nu: int) -> np.ndarray:
-    """Two triangles per cell of an (nv, nu) vertex grid, wound to face the viewer in the head frame."""
-    i, j = np.meshgrid(np.arange(nv - 1), np.arange(nu - 1), indexing="ij")
-    a = (i * nu + j).ravel()
-    b, c, d = a + 1, a + nu, a + nu + 1
-    t = np.concatenate([np.stack([a, c, b], 1), np.stack([b, c, d], 1)]).astype(np.int64)
-    t.flags.writeable = False  # shared between calls
-    return t
-
-
-@functools.lru_cache(maxsize=8)
-def grid_uv(nv: int, nu: int):
-    """(nv, nu) grids of u, v in [0, 1] and the bump sin(pi u) sin(pi v), shared read-only."""
-    uu, vv = np.meshgrid(np.linspace(0, 1, nu), np.linspace(0, 1, nv))
-    out = uu, vv, np.sin(np.pi * uu) * np.sin(np.pi * vv)
-    for a in out:
-        a.flags.writeable = False  # shared between calls
-    return out
+                m = 0.25 * (a[i - 1, j] + a[i + 1, j] + a[i, j - 1] + a[i, j + 1]) - pressure[i, j]
+                b[i, j] = min(m, limit[i, j])
+        a, b = b, a
+    if iters % 2:
+        z[:] = a
 
 
 class MaskGeometry:
@@ -319,6 +382,157 @@ class MaskGeometry:
         return self.grid.reshape(-1, 3)
 
 
+def profile_vector(profile) -> np.ndarray:
+    """styles.Profile -> the float vector the grid kernel reads (field order of Profile)."""
+    return np.array([profile.out_side, profile.out_chin, profile.drop, profile.side, profile.side_len,
+                     profile.arch, profile.standoff, profile.edge_standoff, profile.tension, profile.pressure,
+                     profile.ridge], dtype=np.float64)
+
+
+@njit(cache=True)
+def _mask_grid(S, proxy, prof, coverage, jit, nv, nu):
+    out_side, out_chin, drop, side, side_len, arch = prof[0], prof[1], prof[2], prof[3], prof[4], prof[5]
+    standoff, edge_standoff, tension, pressure, ridge = prof[6], prof[7], int(prof[8]), prof[9], prof[10]
+    r = _scale(S)
+    y8, y27 = S[8, 1], S[27, 1]
+    H = y8 - y27
+    y_top = y8 - coverage * H
+
+    # outline: the jaw contour pushed out in the frontal plane, more under the chin; a mask worn lower is the
+    # same piece of fabric: what no longer covers the nose hangs under the chin
+    sag = 0.5 * max(0.0, NORMAL_TOP - coverage) * H / r
+    O = np.empty((17, 2))
+    for k in range(17):
+        dx, dy = S[k, 0] - S[30, 0], S[k, 1] - S[30, 1]
+        n = max(math.sqrt(dx * dx + dy * dy), 1e-9)
+        w = (1.0 - abs(k - 8) / 8.0) ** 2
+        push = (out_side + (out_chin * (1 + 0.3 * jit[1]) + sag - out_side) * w) * r
+        O[k, 0] = S[k, 0] + dx / n * push
+        O[k, 1] = S[k, 1] + dy / n * push
+
+    # side anchors: where the outline reaches the top edge's height plus the drop towards the ears
+    y_side = y_top + drop * H
+    yl, yr, idx = np.empty(9), np.empty(9), np.arange(9.0)
+    ml = mr = -np.inf
+    for k in range(9):
+        ml, mr = max(ml, O[k, 1]), max(mr, O[16 - k, 1])
+        yl[k], yr[k] = ml, mr
+    tl = _interp(y_side, yl, idx) + side + 0.3 * jit[0]
+    tr = 16.0 - _interp(y_side, yr, idx) - side - 0.3 * jit[0]
+    tl, tr = min(max(tl, 0.3), 6.2), max(min(tr, 15.7), 9.8)
+    tl_lo, tr_lo = tl + side_len * (8 - tl), tr - side_len * (tr - 8)
+
+    # the four boundary curves, x, y in the frontal plane (z filled in from the face below)
+    nt, nb, ns = 41, 49, 13
+    curves = np.empty((nt + nb + 2 * ns, 3))
+    ends = np.empty((2, 2))
+    _jaw_at(O, tl, ends, 0)
+    _jaw_at(O, tr, ends, 1)
+    # top edge: side -> bridge -> side, arched, kept below the lower eyelids
+    bridge_x = _interp(y_top, S[27:31, 1], S[27:31, 0])
+    expo = arch * (1 + 0.15 * jit[2])
+    lids = np.empty((2, 2, 4))  # lower lids sorted by x: (lid, x|y, point)
+    for lid in range(2):
+        for k in range(4):  # insertion sort of 4 points
+            x, y = S[_EYE_LOWER[lid, k], 0], S[_EYE_LOWER[lid, k], 1]
+            m = k
+            while m > 0 and lids[lid, 0, m - 1] > x:
+                lids[lid, 0, m], lids[lid, 1, m] = lids[lid, 0, m - 1], lids[lid, 1, m - 1]
+                m -= 1
+            lids[lid, 0, m], lids[lid, 1, m] = x, y
+    for i in range(nt):
+        s = _lin(-1.0, 1.0, nt, i)
+        if s < 0:
+            x, ys = bridge_x + (bridge_x - ends[0, 0]) * s, ends[0, 1]
+        else:
+            x, ys = bridge_x + (ends[1, 0] - bridge_x) * s, ends[1, 1]
+        y = y_top + (ys - y_top) * abs(s) ** expo
+        for lid in range(2):
+            if lids[lid, 0, 0] <= x <= lids[lid, 0, 3]:
+                y = max(y, _interp(x, lids[lid, 0], lids[lid, 1]) + 0.12 * r)
+        curves[i, 0], curves[i, 1] = x, y
+    for i in range(nb):  # bottom: side -> chin -> side along the outline
+        t = _lin(tl_lo, 8.0, 25, i) if i < 25 else _lin(8.0, tr_lo, 25, i - 24)
+        _jaw_at(O, t, curves, nt + i)
+    for i in range(ns):
+        _jaw_at(O, _lin(tl, tl_lo, ns, i), curves, nt + nb + i)
+        _jaw_at(O, _lin(tr, tr_lo, ns, i), curves, nt + nb + ns + i)
+
+    # the boundary curves on the face surface, resampled by arc length; the top and bottom in two halves so
+    # that the middle column runs down the midline (nose ridge, chin): the mesh folds there. The patch is
+    # evaluated at twice the grid resolution: the face is sampled between the vertices too, so that the flat
+    # triangles clear a sharp nose tip or chin, not only the vertices do.
+    bins = _bins(proxy, PROXY_TRIS, 32)
+    cz = np.empty(curves.shape[0])
+    _query_z(curves, proxy, bins, True, cz)
+    for i in range(curves.shape[0]):
+        curves[i, 2] = cz[i]
+    fu, fv = 2 * nu - 1, 2 * nv - 1
+    T, B, L, Rt = np.empty((fu, 3)), np.empty((fu, 3)), np.empty((fv, 3)), np.empty((fv, 3))
+    _halves(curves[:nt], fu, T)
+    _halves(curves[nt:nt + nb], fu, B)
+    _resample(curves, nt + nb, nt + nb + ns, fv, L, 0)
+    _resample(curves, nt + nb + ns, nt + nb + 2 * ns, fv, Rt, 0)
+    T[0], T[fu - 1], B[0], B[fu - 1] = L[0], Rt[0], L[fv - 1], Rt[fv - 1]
+    fine = np.empty((fv * fu, 2))  # Coons patch in x, y (row-major (fv, fu)); fz = the face's depth there
+    for i in range(fv):
+        v = _lin(0.0, 1.0, fv, i)
+        for j in range(fu):
+            u = _lin(0.0, 1.0, fu, j)
+            for k in range(2):
+                fine[i * fu + j, k] = ((1 - v) * T[j, k] + v * B[j, k] + (1 - u) * L[i, k] + u * Rt[i, k]
+                                       - ((1 - u) * (1 - v) * T[0, k] + u * (1 - v) * T[fu - 1, k]
+                                          + (1 - u) * v * B[0, k] + u * v * B[fu - 1, k]))
+    fz = np.empty(fv * fu)
+    _query_z(fine, proxy, bins, True, fz)
+
+    # the membrane: stretched over the face at the vertices and at the fine samples around them
+    grid = np.empty((nv, nu, 3))
+    z, limit, pres = np.empty((nv, nu)), np.empty((nv, nu)), np.empty((nv, nu))
+    off = standoff * (1 + 0.25 * jit[3]) * r
+    for i in range(nv):
+        v = _lin(0.0, 1.0, nv, i)
+        for j in range(nu):
+            u = _lin(0.0, 1.0, nu, j)
+            near = np.inf
+            for a in range(max(2 * i - 1, 0), min(2 * i + 2, fv)):
+                for b in range(max(2 * j - 1, 0), min(2 * j + 2, fu)):
+                    near = min(near, fz[a * fu + b])
+            k = 2 * i * fu + 2 * j
+            grid[i, j, 0], grid[i, j, 1] = fine[k, 0], fine[k, 1]
+            z[i, j] = fz[k] - edge_standoff * r
+            limit[i, j] = near - off
+            pres[i, j] = pressure * r * math.sin(math.pi * u) * math.sin(math.pi * v)
+    _membrane(z, limit, pres, tension)
+    for i in range(nv):
+        v = _lin(0.0, 1.0, nv, i)
+        for j in range(nu):
+            zz = z[i, j]
+            if ridge:  # folded KN95: the two panels meet in a seam standing off the face
+                u = _lin(0.0, 1.0, nu, j)
+                zz -= ridge * r * max(0.0, 1 - abs(2 * u - 1) / 0.5) ** 1.5 * math.sin(math.pi * v) ** 0.6
+            grid[i, j, 2] = zz
+
+    width = height = 0.0
+    for j in range(nu - 1):
+        a, b = grid[nv // 2, j], grid[nv // 2, j + 1]
+        width += math.sqrt((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2 + (b[2] - a[2]) ** 2)
+    for i in range(nv - 1):
+        a, b = grid[i, nu // 2], grid[i + 1, nu // 2]
+        height += math.sqrt((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2 + (b[2] - a[2]) ** 2)
+    corners = np.empty((4, 3))
+    corners[0], corners[1], corners[2], corners[3] = grid[0, 0], grid[nv - 1, 0], grid[0, nu - 1], grid[nv - 1, nu - 1]
+    ears = np.empty((2, 3))
+    for k in range(3):
+        ears[0, k] = 0.5 * (S[0, k] + S[1, k])
+        ears[1, k] = 0.5 * (S[16, k] + S[15, k])
+    ears[0, 0] -= 0.1 * r
+    ears[1, 0] += 0.1 * r
+    ears[0, 2] += 0.45 * r
+    ears[1, 2] += 0.45 * r
+    return grid, width, height, corners, ears
+
+
 def mask_surface(S: np.ndarray, proxy: np.ndarray, profile, coverage: float, nu: int = 23, nv: int = 13,
                  jitter: np.ndarray | None = None) -> MaskGeometry:
     """Mask grid for the head-frame landmarks S, its face proxy and a type profile (see styles.Profile).
@@ -330,95 +544,38 @@ def mask_surface(S: np.ndarray, proxy: np.ndarray, profile, coverage: float, nu:
     if nu % 2 == 0 or nu < 5 or nv < 3:
         raise ValueError(f"mask grid needs an odd nu >= 5 and nv >= 3, got nu={nu}, nv={nv}")
     jit = np.zeros(4) if jitter is None else np.asarray(jitter, dtype=np.float64)
-    r = scale_of(S)
-    y8, y27 = S[8, 1], S[27, 1]
-    H = y8 - y27
-    y_top = y8 - coverage * H
-
-    # outline: the jaw contour pushed out in the frontal plane, more under the chin
-    d = S[:17, :2] - S[30, :2]
-    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-    # a mask worn lower is the same piece of fabric: what no longer covers the nose hangs under the chin
-    sag = 0.5 * max(0.0, NORMAL_TOP - coverage) * H / r
-    w = (1.0 - np.abs(np.arange(17) - 8) / 8.0) ** 2
-    push = (profile.out_side + (profile.out_chin * (1 + 0.3 * jit[1]) + sag - profile.out_side) * w) * r
-    O = S[:17, :2] + d * push[:, None]
-
-    # side anchors: where the outline reaches the top edge's height plus the drop towards the ears
-    y_side = y_top + profile.drop * H
-    yl = np.maximum.accumulate(O[:9, 1])
-    yr = np.maximum.accumulate(O[16:7:-1, 1])
-    tl = float(np.interp(y_side, yl, np.arange(9.0))) + profile.side + 0.3 * jit[0]
-    tr = 16.0 - float(np.interp(y_side, yr, np.arange(9.0))) - profile.side - 0.3 * jit[0]
-    tl, tr = min(max(tl, 0.3), 6.2), max(min(tr, 15.7), 9.8)
-    tl_lo, tr_lo = tl + profile.side_len * (8 - tl), tr - profile.side_len * (tr - 8)
-
-    # top edge: side -> bridge -> side, arched, kept below the lower eyelids
-    bridge_x = float(np.interp(y_top, S[27:31, 1], S[27:31, 0]))
-    a, b = _jaw_at(O, tl)[0], _jaw_at(O, tr)[0]
-    s = np.linspace(-1.0, 1.0, 41)
-    x = np.where(s < 0, bridge_x + (bridge_x - a[0]) * s, bridge_x + (b[0] - bridge_x) * s)
-    ys = np.where(s < 0, a[1], b[1])
-    y = y_top + (ys - y_top) * np.abs(s) ** (profile.arch * (1 + 0.15 * jit[2]))
-    for lid in EYE_LOWER:
-        e = S[list(lid)]
-        order = np.argsort(e[:, 0])
-        ex, ey = e[order, 0], e[order, 1]
-        inside = (x >= ex[0]) & (x <= ex[-1])
-        y = np.where(inside, np.maximum(y, np.interp(x, ex, ey) + 0.12 * r), y)
-    top = np.stack([x, y], 1)
-    bottom = _jaw_at(O, np.concatenate([np.linspace(tl_lo, 8.0, 25), np.linspace(8.0, tr_lo, 25)[1:]]))
-    left = _jaw_at(O, np.linspace(tl, tl_lo, 13))
-    right = _jaw_at(O, np.linspace(tr, tr_lo, 13))
-
-    # the boundary curves on the face surface (one depth query for all), resampled by arc length; the top and
-    # bottom in two halves so that the middle column runs down the midline (nose ridge, chin): the mesh
-    # folds there. The patch is evaluated at twice the grid resolution: the face is sampled between the
-    # vertices too, so that the flat triangles clear a sharp nose tip or chin, not only the vertices do.
-    curves = [top, bottom, left, right]
-    z = np.split(surface_z(proxy, np.concatenate(curves)), np.cumsum([len(c) for c in curves])[:-1])
-    top, bottom, left, right = (np.concatenate([c, zc[:, None]], 1) for c, zc in zip(curves, z))
-
-    def halves(P, n):
-        m, h = len(P) // 2, n // 2 + 1
-        return np.concatenate([_resample(P[:m + 1], h), _resample(P[m:], h)[1:]])
-
-    fu, fv = 2 * nu - 1, 2 * nv - 1
-    T, B = halves(top, fu), halves(bottom, fu)
-    L, Rt = _resample(left, fv), _resample(right, fv)
-    T[0], T[-1], B[0], B[-1] = L[0], Rt[0], L[-1], Rt[-1]
-    u, v = (a[..., None] for a in grid_uv(fv, fu)[:2])
-    fine = ((1 - v) * T[None, :, :2] + v * B[None, :, :2] + (1 - u) * L[:, None, :2] + u * Rt[:, None, :2]
-            - ((1 - u) * (1 - v) * T[0, :2] + u * (1 - v) * T[-1, :2] + (1 - u) * v * B[0, :2] + u * v * B[-1, :2]))
-    zf = surface_z(proxy, fine)
-    pad = np.pad(zf, 1, mode="edge")
-    near = np.min([pad[i:i + fv, j:j + fu] for i in range(3) for j in range(3)], axis=0)  # 3x3 nearest
-    xy, zf, near = fine[::2, ::2], zf[::2, ::2], near[::2, ::2]
-    uu, vv, bump = grid_uv(nv, nu)
-    off = profile.standoff * (1 + 0.25 * jit[3]) * r
-    z = zf - profile.edge_standoff * r
-    limit = near - off
-    pressure = profile.pressure * r * bump
-    _membrane(z, limit, pressure, int(profile.tension))
-    if profile.ridge:  # folded KN95: the two panels meet in a seam standing off the face
-        z -= profile.ridge * r * np.maximum(0.0, 1 - np.abs(2 * uu - 1) / 0.5) ** 1.5 * np.sin(np.pi * vv) ** 0.6
-    grid = np.concatenate([xy, z[..., None]], 2)
-
-    width = float(np.linalg.norm(np.diff(grid[nv // 2], axis=0), axis=1).sum())
-    height = float(np.linalg.norm(np.diff(grid[:, nu // 2], axis=0), axis=1).sum())
-    corners = np.stack([grid[0, 0], grid[-1, 0], grid[0, -1], grid[-1, -1]])
-    ears = np.stack([0.5 * (S[0] + S[1]), 0.5 * (S[16] + S[15])]) + np.array([[-0.1 * r, 0.0, 0.45 * r],
-                                                                          [0.1 * r, 0.0, 0.45 * r]])
+    prof = profile if isinstance(profile, np.ndarray) else profile_vector(profile)
+    grid, width, height, corners, ears = _mask_grid(np.ascontiguousarray(S, dtype=np.float64),
+                                                    np.ascontiguousarray(proxy, dtype=np.float64), prof,
+                                                    float(coverage), jit, int(nv), int(nu))
     return MaskGeometry(grid, width, height, corners, ears)
 
 
 @njit(cache=True)
-def _inside(px, py, poly):
-    """Even-odd point-in-polygon test of each point against a closed polygon (n, 2)."""
-    out = np.zeros(px.shape[0], np.bool_)
-    n = poly.shape[0]
-    for q in range(px.shape[0]):
-        x, y, c = px[q], py[q], False
+def _covered(grid, proxy, T):
+    """Proxy triangles whose three vertices lie inside the grid's frontal outline (even-odd test)."""
+    nv, nu = grid.shape[0], grid.shape[1]
+    n = 2 * (nu - 1) + 2 * (nv - 1)
+    poly = np.empty((n, 2))
+    k = 0
+    for j in range(nu - 1):  # top, left to right
+        poly[k] = grid[0, j, :2]
+        k += 1
+    for i in range(nv - 1):  # right side down
+        poly[k] = grid[i, nu - 1, :2]
+        k += 1
+    for j in range(nu - 1, 0, -1):  # bottom, right to left
+        poly[k] = grid[nv - 1, j, :2]
+        k += 1
+    for i in range(nv - 1, 0, -1):  # left side up
+        poly[k] = grid[i, 0, :2]
+        k += 1
+    inside = np.zeros(proxy.shape[0], np.bool_)
+    lx, hx, ly, hy = poly[:, 0].min(), poly[:, 0].max(), poly[:, 1].min(), poly[:, 1].max()
+    for q in range(proxy.shape[0]):
+        x, y, c = proxy[q, 0], proxy[q, 1], False
+        if x < lx or x > hx or y < ly or y > hy:
+            continue
         j = n - 1
         for i in range(n):
             yi, yj = poly[i, 1], poly[j, 1]
@@ -427,46 +584,253 @@ def _inside(px, py, poly):
                 if x < xc:
                     c = not c
             j = i
-        out[q] = c
+        inside[q] = c
+    out = np.empty(T.shape[0], np.bool_)
+    for t in range(T.shape[0]):
+        out[t] = inside[T[t, 0]] and inside[T[t, 1]] and inside[T[t, 2]]
     return out
 
 
 def covered_tris(m: MaskGeometry, proxy: np.ndarray) -> np.ndarray:
     """(len(PROXY_TRIS),) True for proxy triangles lying wholly under the mask (inside its frontal outline):
     the mask is in front of them along any view that sees it, so they can be left out of the depth test."""
-    g = m.grid
-    outline = np.concatenate([g[0, :, :2], g[1:, -1, :2], g[-1, -2::-1, :2], g[-2:0:-1, 0, :2]])
-    inside = _inside(np.ascontiguousarray(proxy[:, 0]), np.ascontiguousarray(proxy[:, 1]), outline)
-    return inside[PROXY_TRIS].all(1)
+    return _covered(m.grid, np.ascontiguousarray(proxy, dtype=np.float64), PROXY_TRIS)
 
 
-def loop_polylines(m: MaskGeometry, r: float, n: int = 10) -> list[tuple[int, np.ndarray]]:
-    """Ear loops as head-frame polylines: (side, (n, 3)) with side 0 = subject's right (-x), 1 = left.
-
-    Each side has an upper strand (top corner -> above the ear) and a lower one (bottom corner -> below the
-    ear), quadratic curves bowed away from the cheek so they ride on it instead of cutting through.
-    """
-    out = []
-    t = np.linspace(0, 1, n)[:, None]
-    for side, (top, bot) in enumerate(((0, 1), (2, 3))):
-        sx = -1.0 if side == 0 else 1.0
-        ear = m.ears[side]
-        for corner, dy in ((m.corners[top], -0.12), (m.corners[bot], 0.15)):
-            end = ear + np.array([0.0, dy * r, 0.0])
-            mid = 0.5 * (corner + end) + np.array([0.12 * sx * r, 0.0, -0.05 * r])
-            out.append((side, (1 - t) ** 2 * corner + 2 * (1 - t) * t * mid + t ** 2 * end))
+@njit(cache=True)
+def _grid_shade(grid, R):
+    """Per-vertex geometric shade of the mask: brighter where it faces the camera and faces up."""
+    nv, nu = grid.shape[0], grid.shape[1]
+    out = np.empty(nv * nu)
+    for i in range(nv):
+        i0, i1 = max(i - 1, 0), min(i + 1, nv - 1)
+        for j in range(nu):
+            j0, j1 = max(j - 1, 0), min(j + 1, nu - 1)
+            # np.gradient: central differences inside, one-sided at the ends
+            fu, fv = 1.0 / (j1 - j0), 1.0 / (i1 - i0)
+            u0, u1, u2 = ((grid[i, j1, 0] - grid[i, j0, 0]) * fu, (grid[i, j1, 1] - grid[i, j0, 1]) * fu,
+                          (grid[i, j1, 2] - grid[i, j0, 2]) * fu)
+            v0, v1, v2 = ((grid[i1, j, 0] - grid[i0, j, 0]) * fv, (grid[i1, j, 1] - grid[i0, j, 1]) * fv,
+                          (grid[i1, j, 2] - grid[i0, j, 2]) * fv)
+            n0 = v1 * u2 - v2 * u1  # dv x du: towards the viewer in the head frame
+            n1 = v2 * u0 - v0 * u2
+            n2 = v0 * u1 - v1 * u0
+            nn = max(math.sqrt(n0 * n0 + n1 * n1 + n2 * n2), 1e-9)
+            c1 = (R[1, 0] * n0 + R[1, 1] * n1 + R[1, 2] * n2) / nn
+            c2 = (R[2, 0] * n0 + R[2, 1] * n1 + R[2, 2] * n2) / nn
+            out[i * nu + j] = min(max(0.62 + 0.38 * max(-c2, 0.0) - 0.15 * c1, 0.45), 1.05)
     return out
 
 
-def ribbon(poly_screen: np.ndarray, width_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """A screen-space strip of width_px around a projected polyline: (2n, 3) vertices, (2n - 2, 3) faces."""
-    p = poly_screen
-    tang = np.gradient(p[:, :2], axis=0)
-    tang /= np.maximum(np.linalg.norm(tang, axis=1, keepdims=True), 1e-9)
-    nrm = np.stack([-tang[:, 1], tang[:, 0]], 1) * (0.5 * width_px)
-    v = np.empty((2 * len(p), 3))
-    v[0::2, :2], v[1::2, :2] = p[:, :2] + nrm, p[:, :2] - nrm
-    v[0::2, 2] = v[1::2, 2] = p[:, 2]
-    k = np.arange(len(p) - 1) * 2
-    f = np.concatenate([np.stack([k, k + 1, k + 2], 1), np.stack([k + 1, k + 3, k + 2], 1)])
-    return v, f.astype(np.int64)
+def grid_shade(grid: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """(nv * nu,) shade of each grid vertex under a light from the camera, a little from above."""
+    return _grid_shade(grid, np.ascontiguousarray(R, dtype=np.float64))
+
+
+@njit(cache=True)
+def _loops(corners, ears, r, R, c, width_px, n):
+    """Ear loops as screen-space ribbons: per visible side an upper strand (top corner -> above the ear)
+    and a lower one (bottom corner -> below the ear), quadratic curves bowed away from the cheek so they ride
+    on it instead of cutting through. A side whose head axis faces away (the loop is behind the head) is
+    left out. Returns (V (k, 3) screen x, y, depth; F (m, 3))."""
+    sides = 0
+    for side in range(2):
+        if R[2, 0] * (-1.0 if side == 0 else 1.0) <= 0.3:
+            sides += 1
+    V = np.empty((sides * 2 * 2 * n, 3))
+    F = np.empty((sides * 2 * 2 * (n - 1), 3), np.int64)
+    P = np.empty((n, 3))
+    nv = nf = 0
+    for side in range(2):
+        sx = -1.0 if side == 0 else 1.0
+        if R[2, 0] * sx > 0.3:
+            continue
+        for strand in range(2):
+            corner = corners[2 * side + strand]
+            dy = -0.12 if strand == 0 else 0.15
+            e0, e1, e2 = ears[side, 0], ears[side, 1] + dy * r, ears[side, 2]
+            m0 = 0.5 * (corner[0] + e0) + 0.12 * sx * r
+            m1 = 0.5 * (corner[1] + e1)
+            m2 = 0.5 * (corner[2] + e2) - 0.05 * r
+            for q in range(n):
+                t = _lin(0.0, 1.0, n, q)
+                a, b, cc = (1 - t) ** 2, 2 * (1 - t) * t, t * t
+                h0 = a * corner[0] + b * m0 + cc * e0
+                h1 = a * corner[1] + b * m1 + cc * e1
+                h2 = a * corner[2] + b * m2 + cc * e2
+                for k in range(3):
+                    P[q, k] = R[k, 0] * h0 + R[k, 1] * h1 + R[k, 2] * h2 + c[k]
+            for q in range(n):  # the strip: +- half the width along the screen normal
+                q0, q1 = max(q - 1, 0), min(q + 1, n - 1)
+                tx, ty = (P[q1, 0] - P[q0, 0]) / (q1 - q0), (P[q1, 1] - P[q0, 1]) / (q1 - q0)
+                tn = max(math.sqrt(tx * tx + ty * ty), 1e-9)
+                nx, ny = -ty / tn * 0.5 * width_px, tx / tn * 0.5 * width_px
+                V[nv + 2 * q, 0], V[nv + 2 * q, 1], V[nv + 2 * q, 2] = P[q, 0] + nx, P[q, 1] + ny, P[q, 2]
+                V[nv + 2 * q + 1, 0], V[nv + 2 * q + 1, 1], V[nv + 2 * q + 1, 2] = P[q, 0] - nx, P[q, 1] - ny, P[q, 2]
+            for q in range(n - 1):
+                k = nv + 2 * q
+                F[nf, 0], F[nf, 1], F[nf, 2] = k, k + 1, k + 2
+                F[nf + 1, 0], F[nf + 1, 1], F[nf + 1, 2] = k + 1, k + 3, k + 2
+                nf += 2
+            nv += 2 * n
+    return V, F
+
+
+def loop_mesh(m: MaskGeometry, r: float, R: np.ndarray, c: np.ndarray, width_px: float, n: int = 10):
+    """Screen-space ear-loop ribbons of the mask m on a face with pose R, centre c: (V (k, 3), F (m, 3))."""
+    return _loops(m.corners, m.ears, float(r), np.ascontiguousarray(R, dtype=np.float64),
+                  np.asarray(c, dtype=np.float64), float(width_px), int(n))
+
+
+# --------------------------------------------------------------------------------------------- one face's scene
+
+
+@njit(cache=True)
+def _frame(l3, R):
+    """landmarks_3d (68, 3) and R -> (head-frame points S, centroid c in the camera frame, scale r)."""
+    c = np.zeros(3)
+    n = l3.shape[0]
+    for i in range(n):
+        c[0] += l3[i, 0]
+        c[1] += l3[i, 1]
+        c[2] -= l3[i, 2]  # z towards the viewer -> z away
+    c /= n
+    S = np.empty((n, 3))
+    for i in range(n):
+        p0, p1, p2 = l3[i, 0] - c[0], l3[i, 1] - c[1], -l3[i, 2] - c[2]
+        for k in range(3):  # (P - c) @ R
+            S[i, k] = p0 * R[0, k] + p1 * R[1, k] + p2 * R[2, k]
+    return S, c, _scale(S)
+
+
+def frame(l3: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """head_frame and scale_of in one call: (S, c, r)."""
+    return _frame(np.ascontiguousarray(l3, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64))
+
+
+@njit(cache=True)
+def _to_image(X, R, c, out, k0):
+    """out[k0:k0+len(X)] = X @ R.T + c."""
+    for i in range(X.shape[0]):
+        for k in range(3):
+            out[k0 + i, k] = R[k, 0] * X[i, 0] + R[k, 1] * X[i, 1] + R[k, 2] * X[i, 2] + c[k]
+
+
+@njit(cache=True)
+def _scene(S, R, c, prof, coverage, jit, nv, nu, width, height, loops, bias):
+    r = _scale(S)
+    proxy = _proxy_points(S)
+    grid, mw, mh, corners, ears = _mask_grid(S, proxy, prof, coverage, jit, nv, nu)
+    nm = nv * nu
+    if loops:
+        Vl, Tl = _loops(corners, ears, r, R, c, max(1.2, 0.035 * r), 10)
+    else:
+        Vl, Tl = np.empty((0, 3)), np.empty((0, 3), np.int64)
+    nl = Vl.shape[0]
+    covered = _covered(grid, proxy, PROXY_TRIS)
+    nk = 0
+    for t in range(covered.shape[0]):
+        nk += 0 if covered[t] else 1
+    n_body = 2 * (nv - 1) * (nu - 1)
+    gate = n_body + Tl.shape[0]
+
+    V = np.empty((nm + nl + N_PROXY, 3))
+    for i in range(nv):
+        for j in range(nu):
+            g = grid[i, j]
+            for k in range(3):
+                V[i * nu + j, k] = R[k, 0] * g[0] + R[k, 1] * g[1] + R[k, 2] * g[2] + c[k]
+    for i in range(nl):
+        V[nm + i, 0], V[nm + i, 1], V[nm + i, 2] = Vl[i, 0], Vl[i, 1], Vl[i, 2]
+    Vp = np.empty((N_PROXY, 3))  # the proxy on screen (self-occlusion); in V pushed back by the bias
+    _to_image(proxy, R, c, Vp, 0)
+    for i in range(N_PROXY):
+        V[nm + nl + i, 0], V[nm + nl + i, 1], V[nm + nl + i, 2] = Vp[i, 0], Vp[i, 1], Vp[i, 2] + bias * r
+    inside = 0
+    for i in range(nm):
+        if 0 <= V[i, 0] <= width - 1 and 0 <= V[i, 1] <= height - 1:
+            inside += 1
+
+    T = np.empty((gate + nk, 3), np.int64)
+    k = 0
+    for i in range(nv - 1):  # two triangles per cell, wound to face the viewer in the head frame
+        for j in range(nu - 1):
+            a = i * nu + j
+            T[k, 0], T[k, 1], T[k, 2] = a, a + nu, a + 1
+            k += 1
+    for i in range(nv - 1):
+        for j in range(nu - 1):
+            a = i * nu + j
+            T[k, 0], T[k, 1], T[k, 2] = a + 1, a + nu, a + nu + 1
+            k += 1
+    for t in range(Tl.shape[0]):
+        for q in range(3):
+            T[k, q] = Tl[t, q] + nm
+        k += 1
+    skin = np.empty(nk, np.bool_)
+    for t in range(PROXY_TRIS.shape[0]):
+        if covered[t]:
+            continue
+        on_skin = True
+        for q in range(3):
+            T[k, q] = PROXY_TRIS[t, q] + nm + nl
+            on_skin = on_skin and PROXY_TRIS[t, q] < N_SKIN
+        skin[k - gate] = on_skin
+        k += 1
+
+    attr = np.empty((nm + nl, 3))
+    shade = _grid_shade(grid, R)
+    for i in range(nv):
+        for j in range(nu):
+            attr[i * nu + j, 0] = _lin(0.0, 1.0, nu, j)
+            attr[i * nu + j, 1] = _lin(0.0, 1.0, nv, i)
+            attr[i * nu + j, 2] = shade[i * nu + j]
+    for i in range(nm, nm + nl):  # ear loops: no texture coordinates, a fixed shade
+        attr[i, 0], attr[i, 1], attr[i, 2] = 0.0, 0.0, 0.9
+    box = np.empty(4)
+    box[0], box[1], box[2], box[3] = V[0, 0], V[0, 1], V[0, 0], V[0, 1]
+    for i in range(1, nm + nl):
+        box[0], box[1] = min(box[0], V[i, 0]), min(box[1], V[i, 1])
+        box[2], box[3] = max(box[2], V[i, 0]), max(box[3], V[i, 1])
+    return V, T, attr, n_body, gate, skin, Vp, r, mw, mh, inside / nm, box
+
+
+class Scene:
+    """One face's mask scene on screen, in drawing order: faces[:n_body] the mask body, faces[n_body:gate]
+    the ear loops, faces[gate:] the face proxy as an occluder (the triangles wholly under the mask left
+    out: they cannot hide it), pushed back by `bias` x scale (a coarse stand-in for the face: the mask,
+    in front by its standoff, must not lose to it where chords of the two meshes cross).
+
+    verts (n, 3) x, y px and depth; attr (u, v, shade) of the mask and loop vertices; skin: which occluder
+    faces are on the face itself (light samples); proxy: the proxy's screen vertices without the bias;
+    r: face scale px; width, height: the mask's extent along its surface (face units x r);
+    inside: share of the mask vertices inside the image; box: x0, y0, x1, y1 of the mask and loops."""
+
+    def __init__(self, verts, faces, attr, n_body, gate, skin, proxy, r, width, height, inside, box):
+        self.verts, self.faces, self.attr, self.n_body, self.gate = verts, faces, attr, n_body, gate
+        self.skin, self.proxy, self.r, self.width, self.height = skin, proxy, r, width, height
+        self.inside, self.box = inside, box
+
+
+def mask_scene(S: np.ndarray, R: np.ndarray, c: np.ndarray, profile, coverage: float, jitter, width: int,
+               height: int, loops: bool = True, bias: float = 0.1, nu: int = 23, nv: int = 13) -> Scene:
+    """The screen-space scene of a face's mask (see Scene): proxy_points, mask_surface, covered_tris,
+    grid_shade and loop_mesh in one compiled call. S, c: head frame of the face (frame); R: its pose;
+    profile: styles.Profile or profile_vector; width, height: the image size."""
+    if nu % 2 == 0 or nu < 5 or nv < 3:
+        raise ValueError(f"mask grid needs an odd nu >= 5 and nv >= 3, got nu={nu}, nv={nv}")
+    prof = profile if isinstance(profile, np.ndarray) else profile_vector(profile)
+    jit = np.zeros(4) if jitter is None else np.asarray(jitter, dtype=np.float64)
+    return Scene(*_scene(S, np.ascontiguousarray(R, dtype=np.float64), c, prof, float(coverage), jit, nv, nu,
+                         int(width), int(height), bool(loops), float(bias)))
+
+
+@njit(cache=True)
+def _self_occluded(L, proxy, tol):
+    """(68,) the proxy's surface (screen vertices) is nearer than L's depth - tol at L's screen position."""
+    d = np.empty(L.shape[0])
+    _query_z(L, proxy, _bins(proxy, PROXY_TRIS, 8), False, d)
+    out = np.empty(L.shape[0], np.bool_)
+    for i in range(L.shape[0]):
+        out[i] = d[i] < L[i, 2] - tol
+    return out

@@ -20,23 +20,26 @@ unmasked, with its row (mask null), so that no face of the image is left without
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from numba import njit
 
 import manifests
 
-from .. import imageio, render
+from .. import imageio
 from ..runner import Context, Item, StageError, group_by_image, run, stable_hash
 from ..transforms import append_augment
 from . import composite as C
 from . import geometry as G
-from .styles import Style, coverage_value, parse_coverage, parse_styles, sample_style
+from .styles import (PROFILES, Style, coverage_value, parse_coverage, parse_style_set, parse_styles, sample_style,
+                     style_table)
 
 SENTINELS = ((-1.0, 452.0), (-2.0, 451.0))  # AFLW unannotated point, 1-based and 0-based
-SKIN_TRIS = (G.PROXY_TRIS < G.N_SKIN).all(1)  # proxy triangles on the face (not the skirt): light samples
 MIN_INSIDE = 0.5  # a mask with less of its surface inside the image is reported, not drawn
 MIN_SCALE_PX = 4.0
 PROXY_DEPTH_BIAS = 0.1  # face-scale units
@@ -66,11 +69,17 @@ class FaceMask:
 # --------------------------------------------------------------------------------------------- one face
 
 
-def _valid_2d(lm: np.ndarray, width: int, height: int) -> np.ndarray:
-    ok = np.isfinite(lm).all(1)
-    ok &= (lm[:, 0] > -0.5 * width) & (lm[:, 0] < 1.5 * width) & (lm[:, 1] > -0.5 * height) & (lm[:, 1] < 1.5 * height)
-    for sx, sy in SENTINELS:
-        ok &= ~((lm[:, 0] == sx) & (lm[:, 1] == sy))
+@njit(cache=True)
+def _valid_2d(lm, width, height):
+    """Usable 2D points: finite, within half an image of the frame, not an AFLW 'unannotated' sentinel."""
+    ok = np.empty(lm.shape[0], np.bool_)
+    for i in range(lm.shape[0]):
+        x, y = lm[i, 0], lm[i, 1]
+        ok[i] = np.isfinite(x) and np.isfinite(y) and -0.5 * width < x < 1.5 * width and \
+            -0.5 * height < y < 1.5 * height
+        for k in range(len(SENTINELS)):
+            if x == SENTINELS[k][0] and y == SENTINELS[k][1]:
+                ok[i] = False
     return ok
 
 
@@ -81,7 +90,7 @@ def face_landmarks_3d(row: dict, template: np.ndarray | None) -> tuple[np.ndarra
     l3 = row.get("landmarks_3d")
     if l3 is not None:
         l3 = np.asarray(l3, dtype=np.float64).reshape(68, 3)
-        if np.isfinite(l3).all() and _valid_2d(l3[:, :2], W, H).all():
+        if _valid_2d(l3, W, H).all() and np.isfinite(l3[:, 2]).all():
             return l3, "landmarks_3d"
     lm = row.get("landmarks")
     if lm is None:
@@ -107,13 +116,27 @@ def _check_shape(S: np.ndarray) -> None:
                          "mirrored, upside down or turned)")
 
 
-def _shade(grid: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Per-vertex geometric shade of the mask: brighter where it faces the camera and faces up."""
-    du, dv = np.gradient(grid, axis=1), np.gradient(grid, axis=0)
-    n = np.cross(dv, du)  # towards the viewer in the head frame
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9)
-    nc = n @ R.T
-    return np.clip(0.62 + 0.38 * np.maximum(-nc[..., 2], 0.0) - 0.15 * nc[..., 1], 0.45, 1.05).reshape(-1)
+_PROFILE_VECTORS = {kind: G.profile_vector(p) for kind, p in PROFILES.items()}
+
+
+@njit(cache=True)
+def _occlusion(L, lm, alpha, face_id, depth, x0, y0, gate, tol, selfocc, visible):
+    """Landmarks the mask hides: at each landmark's pixel (its 2D annotation lm where finite, else its 3D
+    point L on screen) the mask's alpha > 0.5, the mask won the z-buffer there and lies in front of the
+    landmark (within tol px of depth: a mask following a convex chin or lips can pass a hair behind their
+    vertices), the face itself does not hide it (selfocc) and it was visible (visible)."""
+    h, w = face_id.shape
+    out = np.zeros(L.shape[0], np.bool_)
+    for i in range(L.shape[0]):
+        x, y = lm[i, 0], lm[i, 1]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            x, y = L[i, 0], L[i, 1]
+        q, r = int(np.rint(x)) - x0, int(np.rint(y)) - y0
+        if not (0 <= q < w and 0 <= r < h) or selfocc[i] or not visible[i]:
+            continue
+        f = face_id[r, q]
+        out[i] = alpha[r, q] > 0.5 and 0 <= f < gate and depth[r, q] < L[i, 2] + tol
+    return out
 
 
 def mask_face(img: np.ndarray, row: dict, style: Style, rng: np.random.Generator,
@@ -124,85 +147,72 @@ def mask_face(img: np.ndarray, row: dict, style: Style, rng: np.random.Generator
     Unmaskable); loops: draw ear loops. Pixels the mask does not reach stay bit-identical.
     """
     H, W = img.shape[:2]
-    if row.get("rotation") is None or not np.isfinite(np.asarray(row["rotation"], dtype=np.float64)).all():
+    R = row.get("rotation")
+    R = None if R is None else np.asarray(R, dtype=np.float64).reshape(3, 3)
+    if R is None or not np.isfinite(R).all():
         raise Unmaskable("no rotation")
-    R = np.asarray(row["rotation"], dtype=np.float64).reshape(3, 3)
     l3, _ = face_landmarks_3d(row, template)
-    S, c = G.head_frame(l3, R)
+    S, c, r = G.frame(l3, R)
     _check_shape(S)
-    r = G.scale_of(S)
     if r < MIN_SCALE_PX:
         raise Unmaskable(f"face too small to mask (scale {r:.1f} px)")
     heights = G.midline_heights(S)
     cov = coverage_value(style, heights)
     mode = style.coverage_mode or G.coverage_mode(S, cov)
 
-    proxy = G.proxy_points(S)
-    m = G.mask_surface(S, proxy, style.profile, cov, jitter=np.array(style.jitter))
-    Vp, Vm = G.to_image(proxy, R, c), G.to_image(m.verts, R, c)
-    inside = ((Vm[:, 0] >= 0) & (Vm[:, 0] <= W - 1) & (Vm[:, 1] >= 0) & (Vm[:, 1] <= H - 1)).mean()
-    if inside < MIN_INSIDE:
-        raise Unmaskable(f"mask mostly outside the image ({100 * inside:.0f} % of it inside)")
-    nv, nu = m.grid.shape[:2]
-    Tm = G.grid_tris(nv, nu)
-    uu, vv, _ = G.grid_uv(nv, nu)
-    attr_m = np.stack([uu.reshape(-1), vv.reshape(-1), _shade(m.grid, R)], 1)
-
-    # the proxy is pushed back a little for the depth test: it is a coarse stand-in for the face, and the
-    # mask (in front by its standoff) must not lose to it where chords of the two meshes cross; real
-    # occluders (the nose and cheek over the far side) are much nearer than this
-    Vz = Vp + np.array([0.0, 0.0, PROXY_DEPTH_BIAS * r])
-    keep = ~G.covered_tris(m, proxy)  # triangles under the mask cannot hide it
-    Tp = G.PROXY_TRIS[keep]
-    verts, tris, attrs = [Vz, Vm], [Tp, Tm + len(Vp)], [np.zeros((len(Vp), 3)), attr_m]
-    n_verts = len(Vp) + len(Vm)
-    if loops:
-        width_px = max(1.2, 0.035 * r)
-        for side, poly in G.loop_polylines(m, r):
-            if (R @ np.array([-1.0 if side == 0 else 1.0, 0.0, 0.0]))[2] > 0.3:
-                continue  # that side of the head faces away: the loop is behind it
-            v, f = G.ribbon(G.to_image(poly, R, c), width_px)
-            verts.append(v)
-            tris.append(f + n_verts)
-            attrs.append(np.tile([0.0, 0.0, 0.9], (len(v), 1)))
-            n_verts += len(v)
-    V, T, A = np.concatenate(verts), np.concatenate(tris), np.concatenate(attrs)
-
-    lo = np.floor(V[len(Vp):, :2].min(0)) - 4
-    hi = np.ceil(V[len(Vp):, :2].max(0)) + 5
-    x0, y0 = int(max(lo[0], 0)), int(max(lo[1], 0))
-    x1, y1 = int(min(hi[0], W)), int(min(hi[1], H))
+    sc = G.mask_scene(S, R, c, _PROFILE_VECTORS[style.kind], cov, style.jitter, W, H, loops, PROXY_DEPTH_BIAS)
+    if sc.inside < MIN_INSIDE:
+        raise Unmaskable(f"mask mostly outside the image ({100 * sc.inside:.0f} % of it inside)")
+    x0, y0 = max(int(math.floor(sc.box[0])) - 4, 0), max(int(math.floor(sc.box[1])) - 4, 0)
+    x1, y1 = min(int(math.ceil(sc.box[2])) + 5, W), min(int(math.ceil(sc.box[3])) + 5, H)
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise Unmaskable("mask outside the image")
     window = (x0, y0, x1, y1)
-    ras = render.rasterize(V, T, H, W, window=window)
-    params = C.pack(style, r, m.width / r, m.height / r)
-    n_proxy, n_body = len(Tp), len(Tm)
-    col, vis = C.albedo(ras, ras.faces, A, n_proxy, n_body, params)
-    if not vis.any():
+    params = C.pack(style, r, sc.width / r, sc.height / r)
+    drawn = C.composite(img, window, sc.verts, sc.faces, sc.attr, sc.n_body, sc.gate, sc.skin, params, r, rng)
+    if drawn is None:
         raise Unmaskable("mask not visible (hidden behind the head)")
-    lut = np.append(SKIN_TRIS[keep], False)  # index -1 (empty pixel or mask) -> False
-    skin = lut[np.where(ras.face_id < n_proxy, ras.face_id, -1)].astype(np.float32)
-    alpha = C.composite(img, window, col, vis, skin, r, rng)
+    alpha, face_id, depth = drawn
 
     # occlusion labels at the landmark pixels
-    L3 = G.to_image(S, R, c)
+    L = np.empty((68, 3))
+    G._to_image(S, R, c, L, 0)
+    selfocc = G._self_occluded(L, sc.proxy, 0.05 * r)
     lm = row.get("landmarks")
-    pos = L3[:, :2].copy() if lm is None else np.asarray(lm, dtype=np.float64).reshape(68, 2).copy()
-    bad = ~np.isfinite(pos).all(1)
-    pos[bad] = L3[bad, :2]
-    px, py = np.rint(pos[:, 0]).astype(int), np.rint(pos[:, 1]).astype(int)
-    inwin = (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
-    qx, qy = np.clip(px - x0, 0, x1 - x0 - 1), np.clip(py - y0, 0, y1 - y0 - 1)
-    a = np.where(inwin, alpha[qy, qx], 0.0)
-    # the mask is in front of the landmark where it wins the depth test there; the same tolerance as the
-    # proxy's bias, since a mask following a convex chin or lips can pass a hair behind their vertices
-    front = inwin & (ras.face_id[qy, qx] >= n_proxy) & (ras.depth[qy, qx] < L3[:, 2] + PROXY_DEPTH_BIAS * r)
-    selfocc = G.self_occluded(L3, Vp, tol=0.05 * r)
-    occluded = (a > 0.5) & front & ~selfocc
-    if row.get("landmark_visible") is not None:  # hidden already (by the face, a hand, the frame): not the mask
-        occluded &= np.asarray(row["landmark_visible"], dtype=bool)
+    lm = L[:, :2] if lm is None else np.asarray(lm, dtype=np.float64).reshape(68, 2)
+    vis = row.get("landmark_visible")  # hidden already (by the face, a hand, the frame): not by the mask
+    vis = _ALL_VISIBLE if vis is None else np.asarray(vis, dtype=np.bool_)
+    occluded = _occlusion(L, lm, alpha, face_id, depth, x0, y0, sc.gate, PROXY_DEPTH_BIAS * r, selfocc, vis)
     return FaceMask(style, float(cov), mode, alpha, window, occluded, selfocc)
+
+
+_ALL_VISIBLE = np.ones(68, np.bool_)
+
+
+_WARM = []
+
+
+def warm_up() -> None:
+    """Load every compiled kernel of the stage once per process (numba caches them on disk; loading still
+    takes a fraction of a second, and the first run in a fresh checkout compiles them): masks a small
+    synthetic face of each kind. Runs when this module is imported (and build_masked makes sure of it
+    before the runner forks its workers), so workers inherit the loaded code and no image pays for it."""
+    if _WARM:
+        return
+    _WARM.append(True)
+    T = _default_template()
+    if T is None:  # nothing to warm up with: kernels load on first use
+        return
+    T = (T - T.mean(0)) * (30.0 / G.scale_of(T - T.mean(0)))  # a 30 px face in a 128 px image
+    l3 = np.stack([T[:, 0] + 64.0, T[:, 1] + 64.0, -T[:, 2]], 1)
+    row = dict(width=128, height=128, rotation=np.eye(3).reshape(-1), landmarks_3d=l3.reshape(-1),
+               landmarks=l3[:, :2].reshape(-1))
+    for kind in PROFILES:
+        rng = np.random.default_rng(0)
+        try:
+            mask_face(np.full((128, 128, 3), 128, np.uint8), row, sample_style(rng, [(kind, None)]), rng)
+        except Unmaskable:
+            pass
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -210,13 +220,25 @@ def mask_face(img: np.ndarray, row: dict, style: Style, rng: np.random.Generator
 
 def _template(ctx: Context):
     t = ctx.options.get("template")
-    if t is not None:
-        return np.asarray(t, dtype=np.float64)
+    return _default_template() if t is None else np.asarray(t, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_template():
     try:
         from ..head import TEMPLATE_68
     except ImportError:
         return None
     return np.asarray(TEMPLATE_68, dtype=np.float64)
+
+
+def _warm_on_import():
+    try:
+        warm_up()
+    except Exception as e:  # never break the import: the kernels would then load (or fail) on first use
+        import warnings
+
+        warnings.warn(f"hpe_data.masks: warm-up failed ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
 
 
 def output_name(image_path: str, k: int) -> str:
@@ -234,7 +256,8 @@ def mask_item(item: Item, ctx: Context) -> list[dict]:
     """Runner stage: one image item (payload = its face rows) -> masked rows (and the originals if asked)."""
     o = ctx.options
     rows = sorted(item.payload, key=lambda r: r["sample_id"])
-    src = manifests.resolve_image(o["manifest"], rows[0]["image_path"])
+    src = Path(rows[0]["image_path"])  # manifests.resolve_image, with the base folder found once per run
+    src = src if src.is_absolute() else Path(o["src_base"]) / src
     try:
         img = imageio.read_rgb(src)
     except imageio.ImageError as e:
@@ -244,16 +267,18 @@ def mask_item(item: Item, ctx: Context) -> list[dict]:
         raise StageError(src, f"image is {W}x{H}, the manifest says {rows[0]['width']}x{rows[0]['height']}")
     images_dir = Path(o["images_dir"])
     template = _template(ctx)
+    base = o["out_base"]  # ctx.base, found once per run
     out = []
     if o.get("include_original"):
         for row in rows:
-            out.append({**row, "image_path": os.path.relpath(src, ctx.base)})
-    for k in range(int(o.get("per_face", 1))):
-        canvas = img.copy()
+            out.append({**row, "image_path": os.path.relpath(src, base)})
+    per_face, style_set = int(o.get("per_face", 1)), o.get("style_set", "all")
+    for k in range(per_face):
+        canvas = img if k == per_face - 1 else img.copy()  # the last variant may draw on the decoded image
         masks = []
         for row in rows:
             rng = ctx.rng(row["sample_id"], k)
-            style = sample_style(rng, o.get("styles"), o.get("coverage") or ("normal",))
+            style = sample_style(rng, o.get("styles"), o.get("coverage") or ("normal",), style_set)
             try:
                 if row.get("mask"):
                     raise Unmaskable(f"already masked ({row['mask']})")
@@ -269,41 +294,60 @@ def mask_item(item: Item, ctx: Context) -> list[dict]:
         for j, (row, fm) in enumerate(zip(rows, masks)):
             new = dict(row)
             new.update(sample_id=f"{row['sample_id']}@mask{k}", parent_id=row["sample_id"],
-                       image_path=os.path.relpath(dest, ctx.base))
+                       image_path=os.path.relpath(dest, base))
             if fm is None:
                 new["augment"] = append_augment(row, "mask", k=k, style=None)
             else:
                 new.update(mask=fm.style.name, mask_coverage=fm.mode, occluded=fm.occluded,
                            augment=append_augment(row, "mask", k=k, style=fm.style.name, coverage=fm.mode,
-                                                  top=round(fm.coverage, 4), seed=ctx.seed))
+                                                  top=round(fm.coverage, 4), seed=ctx.seed, set=style_set))
                 if o.get("write_mask_png"):
                     png = dest.with_name(f"{dest.stem}.m{j}.png")
                     a = np.rint(fm.full_alpha(H, W) * 255).astype(np.uint8)
                     imageio.write_atomic(png, imageio.encode(a, ".png"))
-                    new["mask_path"] = os.path.relpath(png, ctx.base)
+                    new["mask_path"] = os.path.relpath(png, base)
             out.append(new)
     return out
 
 
 def build_masked(manifest, out, images_dir, *, styles: str | None = None, coverage: str | None = None,
-                 per_face: int = 1, seed: int = 0, workers: int = 1, include_original: bool = False,
-                 write_mask_png: bool = False, shard=None, strict: bool = False, resume: bool = True,
-                 chunk_size: int = 32, template=None):
+                 style_set: str = "all", per_face: int = 1, seed: int = 0, workers: int = 1,
+                 include_original: bool = False, write_mask_png: bool = False, shard=None, strict: bool = False,
+                 resume: bool = True, chunk_size: int = 32, template=None):
     """Mask every face of the manifest `manifest`; writes images under images_dir and the manifest `out`.
 
     styles: '--styles' text (kinds or kind/pattern, comma separated; None = all); coverage: mode names
-    'normal,below-nose,chin' or 'LO:HI' (0 = chin .. 1 = nose root); template: (68, 3) head-frame 3D
-    landmarks for rows without landmarks_3d (default: hpe_data.head.TEMPLATE_68). Returns runner.Result.
+    'normal,below-nose,chin' or 'LO:HI' (0 = chin .. 1 = nose root); style_set: 'all', 'train' or 'heldout'
+    (styles.STYLE_SETS: a fixed split of the style families, see the styles module); template: (68, 3)
+    head-frame 3D landmarks for rows without landmarks_3d (default: hpe_data.head.TEMPLATE_68).
+    Returns runner.Result.
+
+    Masked evaluation protocol. Masked test sets made by different generators do not compare, and testing on
+    the styles a model was trained with is optimistic. The protocol fixes both: train with
+    `style_set="train"` (any seed); build the masked test set from the clean AFLW2000 / BIWI test manifest
+    with `style_set="heldout"`, `coverage="normal,below-nose,chin"`, `seed=0`, `per_face=1` (the defaults
+    otherwise). Everything a face gets (style, colours, coverage, geometry jitter, noise) is drawn from
+    (seed, sample_id, k) only, so the same inputs and seed give the same images and rows (mask,
+    mask_coverage, occluded, augment lineage with style, coverage, top, seed and set) on any machine, worker
+    count or shard; the rows are the per-image metadata of the protocol.
     """
     if per_face < 1:
         raise ValueError(f"--per-face must be >= 1, got {per_face}")
+    style_set = parse_style_set(style_set)
+    parsed = parse_styles(styles)
+    style_table(parsed, style_set)  # an empty selection fails here, not once per face
     options = dict(
         manifest=str(Path(manifest).absolute()), images_dir=str(Path(images_dir).absolute()),
-        styles=parse_styles(styles), coverage=parse_coverage(coverage), per_face=int(per_face),
+        src_base=str(manifests.base_dir(Path(manifest).absolute())), out_base=str(manifests.base_dir(out)),
+        styles=parsed, coverage=parse_coverage(coverage), style_set=style_set, per_face=int(per_face),
         include_original=bool(include_original), write_mask_png=bool(write_mask_png),
         template=None if template is None else np.asarray(template, dtype=np.float64),
     )
+    warm_up()  # compiled code loads once, here, before workers fork
     table = manifests.read(manifest)
     items = group_by_image(table)
     return run(mask_item, items, out, seed=seed, workers=workers, shard=shard, options=options, desc="build-masked",
                chunk_size=chunk_size, resume=resume, strict=strict)
+
+
+_warm_on_import()

@@ -1,7 +1,17 @@
 """Mask types, their surface profiles, colours and procedural textures, drawn per face from a seeded RNG.
 
-A style is named `kind/pattern/colour` (the `mask` column), e.g. `surgical/pleats/blue`, `cloth/dots/navy`,
-so a held-out set of styles is a filter on that string. `--styles` takes kinds or kind/pattern pairs.
+A style is named `kind/pattern/colour` (the `mask` column), e.g. `surgical/pleats/blue`, `cloth/dots/navy`.
+`--styles` takes kinds or kind/pattern pairs.
+
+Style sets (`--style-set`): the style families are split once and for all into TRAIN and HELD-OUT, so that a
+model trained on masked data can be tested on mask appearances it never saw:
+  held-out patterns  cloth/camo, cloth/checks, n95/valve (exhalation valve);
+  held-out colours   teal, lavender, burgundy, olive, mustard, purple, beige (as a mask's colour, a print's
+                     second colour or an ear loop's colour).
+A style is HELD-OUT when its pattern or its colour is held out, TRAIN otherwise; a `train` run draws only
+train styles and never uses a held-out colour anywhere (prints and loops included), a `heldout` run draws
+only held-out styles, `all` draws from everything. Every kind keeps styles in both sets, and a set keeps the
+kind weights (KIND_WEIGHTS), renormalising patterns and colours within each kind.
 
 Coverage (the `mask_coverage` column) is where the top edge of the mask sits on the face's own vertical
 axis: 0 = at the chin (landmark 8), 1 = at the nose root between the eyes (27) (see geometry.midline_heights).
@@ -12,6 +22,9 @@ Named modes pick a range between landmarks of the face itself:
 """
 from __future__ import annotations
 
+import bisect
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +108,8 @@ class Style:
     valve_side: float  # -1 / +1: side of the exhalation valve
     seed: int  # procedural noise seed
     jitter: tuple  # 4 numbers in [-1, 1] for geometry variety
+    colour2: str = ""  # catalogue names of the second colour and of the ear loops' colour
+    loop_colour: str = ""
 
     @property
     def name(self) -> str:
@@ -146,42 +161,104 @@ def parse_coverage(text: str | None) -> tuple[str, ...] | tuple[float, float]:
     return modes
 
 
-def _pick(rng: np.random.Generator, weights: dict) -> str:
-    keys = list(weights)
-    p = np.array([weights[k] for k in keys], dtype=np.float64)
-    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+STYLE_SETS = ("all", "train", "heldout")
+HELDOUT_PATTERNS = frozenset({("cloth", "camo"), ("cloth", "checks"), ("n95", "valve")})
+HELDOUT_COLOURS = frozenset({"teal", "lavender", "burgundy", "olive", "mustard", "purple", "beige"})
 
 
-def _tint(rng: np.random.Generator, rgb) -> tuple:
-    """Small per-face variation of a catalogue colour (dye lots, wear)."""
-    c = np.asarray(rgb) * rng.uniform(0.92, 1.04) + rng.normal(0.0, 0.015, 3)
-    return tuple(float(v) for v in np.clip(c, 0.02, 0.98))
+def style_set_of(name: str) -> str:
+    """'train' or 'heldout' for a style name kind/pattern/colour (the `mask` column)."""
+    kind, pattern, colour = name.split("/")
+    return "heldout" if (kind, pattern) in HELDOUT_PATTERNS or colour in HELDOUT_COLOURS else "train"
 
 
-def sample_style(rng: np.random.Generator, styles=None, coverage=("normal",)) -> Style:
-    """Draw one style. `styles` from parse_styles, `coverage` from parse_coverage. The number and order of
-    draws is fixed, so a face's style depends only on its RNG."""
-    styles = styles or parse_styles(None)
-    weights = {i: KIND_WEIGHTS[k] for i, (k, _) in enumerate(styles)}
-    kind, pattern = styles[int(_pick(rng, weights))]
-    drawn_pattern = _pick(rng, PATTERNS[kind])
-    pattern = pattern or drawn_pattern
-    colour = _pick(rng, PALETTES[kind])
-    second = PRINT_COLOURS[int(rng.integers(len(PRINT_COLOURS)))]
+def parse_style_set(text: str | None) -> str:
+    if not text:
+        return "all"
+    if text not in STYLE_SETS:
+        raise ValueError(f"--style-set: unknown set {text!r}; expected one of {', '.join(STYLE_SETS)}")
+    return text
+
+
+def _cdf(weights) -> list:
+    """Cumulative weights normalised to end at 1 (what Generator.choice with p does), for bisect."""
+    c = np.cumsum(np.asarray(weights, dtype=np.float64))
+    return (c / c[-1]).tolist()
+
+
+def _pick(cdf: list, u: float) -> int:
+    return min(bisect.bisect_right(cdf, u), len(cdf) - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _table(styles: tuple, style_set: str):
+    """Every (kind, pattern, colour) the options allow in the set, with its probability: each --styles
+    entry weighs KIND_WEIGHTS[kind]; within it, pattern x colour weights restricted to the set."""
+    names, weights = [], []
+    for kind, only in styles:
+        combos = [(pat, col, (1.0 if only else wp) * wc)
+                  for pat, wp in PATTERNS[kind].items() if only in (None, pat)
+                  for col, wc in PALETTES[kind].items()
+                  if style_set == "all" or style_set_of(f"{kind}/{pat}/{col}") == style_set]
+        total = sum(w for *_, w in combos)
+        for pat, col, w in combos:
+            names.append((kind, pat, col))
+            weights.append(KIND_WEIGHTS[kind] * w / total)
+    if not names:
+        wanted = ",".join(k if p is None else f"{k}/{p}" for k, p in styles)
+        raise ValueError(f"--styles {wanted}: no style of these is in the {style_set} set")
+    return tuple(names), _cdf(weights)
+
+
+def style_table(styles, style_set: str = "all") -> tuple:
+    """((kind, pattern, colour), ...) that sample_style can draw for parse_styles output `styles` in a set;
+    raises ValueError when there is none."""
+    return _table(tuple(styles), style_set)[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _allowed(colours: tuple, style_set: str) -> tuple:
+    """Secondary colours usable in a set: a train run never shows a held-out colour."""
+    return tuple(c for c in colours if style_set != "train" or c not in HELDOUT_COLOURS)
+
+
+def _tint(u: float, g0: float, g1: float, g2: float, rgb) -> tuple:
+    """Small per-face variation of a catalogue colour (dye lots, wear): u uniform, g* normals."""
+    k = 0.92 + 0.12 * u
+    return (min(max(rgb[0] * k + 0.015 * g0, 0.02), 0.98), min(max(rgb[1] * k + 0.015 * g1, 0.02), 0.98),
+            min(max(rgb[2] * k + 0.015 * g2, 0.02), 0.98))
+
+
+N_UNIFORM, N_NORMAL = 17, 9  # the draws of one style
+
+
+def sample_style(rng: np.random.Generator, styles=None, coverage=("normal",), style_set: str = "all") -> Style:
+    """Draw one style. `styles` from parse_styles, `coverage` from parse_coverage, `style_set` one of
+    STYLE_SETS. The number and order of draws is fixed (N_UNIFORM uniforms, then N_NORMAL normals), so a
+    face's style depends only on its RNG."""
+    styles = tuple(styles or parse_styles(None))
+    names, cdf = _table(styles, style_set)
+    u = rng.random(N_UNIFORM).tolist()
+    g = rng.standard_normal(N_NORMAL).tolist()
+    kind, pattern, colour = names[_pick(cdf, u[0])]
+    prints = _allowed(PRINT_COLOURS, style_set)
+    second = prints[min(int(u[1] * len(prints)), len(prints) - 1)]
     if second == colour:
         second = "white" if colour != "white" else "navy"
     if kind == "n95" and pattern == "valve":
         second = "grey" if colour != "grey" else "white"
-    loop = LOOP_COLOURS[kind][int(rng.integers(len(LOOP_COLOURS[kind])))]
+    loops = _allowed(LOOP_COLOURS[kind], style_set)
+    loop = loops[min(int(u[2] * len(loops)), len(loops) - 1)]
     numeric = len(coverage) == 2 and all(isinstance(v, float) for v in coverage)
-    mode = None if numeric else coverage[int(rng.integers(len(coverage)))]
+    mode = None if numeric else coverage[min(int(u[3] * len(coverage)), len(coverage) - 1)]
     return Style(
         kind=kind, pattern=pattern, colour=colour,
-        rgb=_tint(rng, COLOURS[colour]), rgb2=_tint(rng, COLOURS[second]), loop_rgb=_tint(rng, COLOURS[loop]),
-        coverage_mode=mode, coverage_draw=float(rng.uniform()), coverage_range=tuple(coverage) if numeric else None,
-        pleats=int(rng.integers(2, 5)), period=float(rng.uniform(0.12, 0.3)), angle=float(rng.uniform(0, np.pi)),
-        valve_side=float(rng.choice([-1.0, 1.0])), seed=int(rng.integers(0, 2 ** 31 - 1)),
-        jitter=tuple(float(v) for v in rng.uniform(-1, 1, 4)),
+        rgb=_tint(u[4], g[0], g[1], g[2], COLOURS[colour]), rgb2=_tint(u[5], g[3], g[4], g[5], COLOURS[second]),
+        loop_rgb=_tint(u[6], g[6], g[7], g[8], COLOURS[loop]),
+        coverage_mode=mode, coverage_draw=u[7], coverage_range=tuple(coverage) if numeric else None,
+        pleats=2 + min(int(u[8] * 3), 2), period=0.12 + 0.18 * u[9], angle=math.pi * u[10],
+        valve_side=-1.0 if u[11] < 0.5 else 1.0, seed=int(u[12] * (2 ** 31 - 1)),
+        jitter=tuple(2.0 * v - 1.0 for v in u[13:17]), colour2=second, loop_colour=loop,
     )
 
 
