@@ -42,14 +42,15 @@ import click
 @click.option("--epoch-size", type=click.IntRange(1), default=None, help="images per epoch [default: all]")
 @click.option("--val-size", type=click.IntRange(32), default=None,
               help="letterbox size for validation and inference [default: --image-size]")
+@click.option("--val-every", type=click.IntRange(1), default=1, help="validate every N epochs (and after the last)")
 @click.option("--w-pose", type=click.FloatRange(0), default=None,
               help="weight of the geodesic pose term (radians) in the loss [default: the detector's, 1]")
 @click.option("--grad-clip", type=float, default=None, help="clip the gradient norm")
 @click.option("--no-progress", is_flag=True)
 def main(manifest, val_manifest, out, backbone, pretrained, epochs, batch_size, image_size, lr, optimizer,
          weight_decay, schedule, warmup_steps, workers, device, amp, resume, seed, max_steps, save_every,
-         flip_prob, rotate_prob, rotate_max, crop_scales, no_color, epoch_size, val_size, w_pose, grad_clip,
-         no_progress):
+         flip_prob, rotate_prob, rotate_max, crop_scales, no_color, epoch_size, val_size, val_every, w_pose,
+         grad_clip, no_progress):
     """Train RetinaPose (RetinaFace + 6D pose head) on whole images; writes OUT/last.pt, best.pt, metrics.csv."""
     from pathlib import Path
 
@@ -71,15 +72,19 @@ def main(manifest, val_manifest, out, backbone, pretrained, epochs, batch_size, 
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, workers=workers, device=device,
         amp=amp, seed=seed, max_steps=max_steps, resume=resume, save_every=save_every, flip_prob=flip_prob,
         rotate_prob=rotate_prob, rotate_max=rotate_max, crop_scales=tuple(crop_scales), color=not no_color,
-        epoch_size=epoch_size, val_size=val_size, w_pose=w_pose, grad_clip=grad_clip, progress=not no_progress)
+        epoch_size=epoch_size, val_size=val_size, val_every=val_every, w_pose=w_pose, grad_clip=grad_clip,
+        progress=not no_progress)
     try:
         res = train(cfg)
     except (manifests.ManifestError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
-    best = res["best"]
-    click.echo(f"done: {res['step']} steps, {res['epoch']} epochs; best val MAE "
-               f"{best:.2f}" if best != float("inf") else f"done: {res['step']} steps, {res['epoch']} epochs",
-               err=True)
+    rows = [r for r in res["history"] if "val_score" in r]
+    msg = f"done: {res['step']} steps, {res['epoch']} epochs"
+    if rows:
+        r = min(rows, key=lambda r: r["val_score"])
+        msg += (f"; best.pt = epoch {r['epoch']}: val MAE {r['val_mae']:.2f} deg, "
+                f"{100 * r['val_detected']:.1f}% of faces detected")
+    click.echo(msg, err=True)
     click.echo(str(Path(out) / "last.pt"))
 
 

@@ -111,29 +111,36 @@ def photometric(img: np.ndarray, rng: np.random.Generator, brightness: float = 3
     """RetinaFace-style colour distortion of a uint8 RGB image; each op applied with probability 1/2.
 
     Brightness adds up to +-32 levels, contrast and saturation scale by 0.5-1.5, hue shifts up to +-18 of
-    OpenCV's 180 hue steps; contrast goes before or after the HSV ops at random.
+    OpenCV's 180 hue steps; contrast goes before or after the HSV ops at random. Every op is a per-channel
+    lookup table on uint8 (the values are clipped to 0-255 between ops, as uint8 pixels would be).
     """
     draws = rng.random(6)
     b = rng.uniform(-brightness, brightness)
     c = rng.uniform(*contrast)
     s = rng.uniform(*saturation)
     h = rng.uniform(-hue, hue)
-    x = img.astype(np.float32)
-    if draws[0] < 0.5:
-        x += b
+    levels = np.arange(256, dtype=np.float32)
     contrast_first = draws[1] < 0.5
+    lut = levels + b if draws[0] < 0.5 else levels
     if contrast_first and draws[2] < 0.5:
-        x *= c
+        lut = lut * c
+    out = img
+    if draws[0] < 0.5 or (contrast_first and draws[2] < 0.5):
+        out = cv2.LUT(img, _u8(lut))
     if draws[3] < 0.5 or draws[4] < 0.5:
-        hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+        if draws[4] < 0.5:  # hue is circular: 0..179
+            hsv[..., 0] = cv2.LUT(hsv[..., 0], _u8(np.mod(np.round(levels + h), 180)))
         if draws[3] < 0.5:
-            hsv[..., 1] *= s
-        if draws[4] < 0.5:
-            hsv[..., 0] = np.mod(hsv[..., 0] + h, 180.0)
-        x = cv2.cvtColor(np.clip(hsv, 0, [179, 255, 255]).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+            hsv[..., 1] = cv2.LUT(hsv[..., 1], _u8(levels * s))
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if not contrast_first and draws[5] < 0.5:
-        x *= c
-    return np.clip(x, 0, 255).astype(np.uint8)
+        out = cv2.LUT(out, _u8(levels * c))
+    return out if out is not img else img.copy()
+
+
+def _u8(lut: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(lut), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- the training transform

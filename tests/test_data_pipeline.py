@@ -361,6 +361,20 @@ def test_photometric_changes_colour_not_geometry(toy):
     assert changed
 
 
+def test_photometric_keeps_grey_grey_and_stays_in_range():
+    """Hue and saturation cannot colour a grey image; brightness and contrast move all channels alike."""
+    from hpe_model.augment import photometric
+
+    grey = np.repeat(np.linspace(0, 255, 64 * 64).reshape(64, 64, 1), 3, 2).astype(np.uint8)
+    seen = set()
+    for seed in range(40):
+        out = photometric(grey, np.random.default_rng(seed))
+        assert out.dtype == np.uint8 and out.shape == grey.shape
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+        seen.add(int(out.astype(int).sum() != grey.astype(int).sum()))
+    assert seen == {0, 1}  # sometimes untouched (each op has probability 1/2), sometimes changed
+
+
 def test_letterbox_round_trip():
     img = np.zeros((90, 180, 3), np.uint8)
     out, s = letterbox(img, 96)

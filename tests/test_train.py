@@ -120,7 +120,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(toy, tmp_path):
     rows, ref = metrics(tmp_path / "cut"), metrics(tmp_path / "full")
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "4"), ("2", "8")]  # no epoch lost or repeated
     assert rows == ref  # same losses and validation as the uninterrupted run
-    assert (tmp_path / "cut" / "best.pt").is_file() == any(np.isfinite(float(r["val_mae"])) for r in rows)
+    assert (tmp_path / "cut" / "best.pt").is_file()
 
 
 def metrics(run) -> list[dict]:
