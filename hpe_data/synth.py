@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from . import head as headmod
 from . import landmarks as lmk
 from . import pose, render
+from .imageio import write_atomic
 
 FORMATS = ("300w-lp", "aflw2000", "biwi")
 _FMT_KEY = {"300w-lp": 1, "aflw2000": 2, "biwi": 3}
@@ -71,16 +71,6 @@ def grain(rng: np.random.Generator, h: int, w: int, channels: int = 3) -> np.nda
 
 
 # ------------------------------------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary name in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def mat_bytes(d: dict) -> bytes:
