@@ -45,12 +45,15 @@ import click
 @click.option("--val-every", type=click.IntRange(1), default=1, help="validate every N epochs (and after the last)")
 @click.option("--w-pose", type=click.FloatRange(0), default=None,
               help="weight of the geodesic pose term (radians) in the loss [default: the detector's, 1]")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.998,
+              help="decay of the weight moving average kept for validation and inference (0: off)")
+@click.option("--no-sync-bn", is_flag=True, help="under DDP, per-process BatchNorm statistics")
 @click.option("--grad-clip", type=float, default=None, help="clip the gradient norm")
 @click.option("--no-progress", is_flag=True)
 def main(manifest, val_manifest, out, backbone, pretrained, epochs, batch_size, image_size, lr, optimizer,
          weight_decay, schedule, warmup_steps, workers, device, amp, resume, seed, max_steps, save_every,
          flip_prob, rotate_prob, rotate_max, crop_scales, no_color, epoch_size, val_size, val_every, w_pose,
-         grad_clip, no_progress):
+         ema, no_sync_bn, grad_clip, no_progress):
     """Train RetinaPose (RetinaFace + 6D pose head) on whole images; writes OUT/last.pt, best.pt, metrics.csv."""
     from pathlib import Path
 
@@ -72,8 +75,8 @@ def main(manifest, val_manifest, out, backbone, pretrained, epochs, batch_size, 
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, workers=workers, device=device,
         amp=amp, seed=seed, max_steps=max_steps, resume=resume, save_every=save_every, flip_prob=flip_prob,
         rotate_prob=rotate_prob, rotate_max=rotate_max, crop_scales=tuple(crop_scales), color=not no_color,
-        epoch_size=epoch_size, val_size=val_size, val_every=val_every, w_pose=w_pose, grad_clip=grad_clip,
-        progress=not no_progress)
+        epoch_size=epoch_size, val_size=val_size, val_every=val_every, w_pose=w_pose, ema=ema, sync_bn=not no_sync_bn,
+        grad_clip=grad_clip, progress=not no_progress)
     try:
         res = train(cfg)
     except (manifests.ManifestError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:

@@ -108,7 +108,7 @@ def load(checkpoint: str | os.PathLike, device="cpu", **options) -> Predictor:
     cfg = state["config"]
     model = build_model(cfg)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema") or state["model"])  # the moving average when training kept one
     except RuntimeError as e:
         raise ckpt.CheckpointError(f"{Path(checkpoint)}: weights do not fit a {cfg['backbone']} RetinaPose ({e})") \
             from None

@@ -143,6 +143,16 @@ def _u8(lut: np.ndarray) -> np.ndarray:
     return np.clip(np.round(lut), 0, 255).astype(np.uint8)
 
 
+def _still_in_frame(f: dict) -> bool:
+    """A rotated face is usable when its box is finite and at least half of its landmarks stayed in the frame."""
+    if not np.isfinite(f["bbox"]).all():
+        return False
+    if f.get("landmarks") is None:
+        return True
+    lm = np.asarray(f["landmarks"], np.float64).reshape(-1, 2)
+    return T.in_frame(lm, int(f["width"]), int(f["height"])).mean() >= 0.5
+
+
 # ---------------------------------------------------------------- the training transform
 
 
@@ -151,7 +161,9 @@ class Augment:
 
     `rotate_prob` / `rotate_max` enable online in-plane rotations (degrees, uniform in +-rotate_max) through
     `hpe_data.transforms.rotate_row/rotate_image` with a constant (black) border, so no mirrored copy of a face
-    appears unlabelled. `flip_prob` mirrors through `flip_row/flip_image` (pose conjugated, landmarks swapped).
+    appears unlabelled; an image whose rotation would push a face out of the frame (non-finite box, or fewer
+    than half of its landmarks left inside) is not rotated. `flip_prob` mirrors through
+    `flip_row/flip_image` (pose conjugated, landmarks swapped).
     """
 
     def __init__(self, image_size: int = 256, crop_scales=(0.3, 1.0), flip_prob: float = 0.5,
@@ -178,12 +190,11 @@ class Augment:
 
         if self.rotate_prob > 0 and u[0] < self.rotate_prob and theta != 0:
             c = T.rotation_center(faces)
-            img = T.rotate_image(img, theta, c, border="constant")
-            faces = [T.rotate_row(f, theta, c) for f in faces]
-            faces = [f for f in faces if np.isfinite(f["bbox"]).all()]  # every landmark left the frame
-            meta["rotate_deg"] = float(theta)
-            if not faces:
-                raise ValueError("no face left in the frame after rotation")
+            turned = [T.rotate_row(f, theta, c) for f in faces]
+            if all(_still_in_frame(f) for f in turned):  # else this image is not rotated (see rotate_max doc)
+                img = T.rotate_image(img, theta, c, border="constant")
+                faces = turned
+                meta["rotate_deg"] = float(theta)
 
         H, W = img.shape[:2]
         x0, y0, side = sample_crop(np.stack([f["bbox"] for f in faces]), W, H, crop_rng, self.crop_scales)

@@ -3,8 +3,8 @@
 
 Layout (schema 1): {"schema": "hpe-checkpoint", "schema_version": 1, "config": {...}, "model": state_dict,
 "epoch": finished epochs, "step": global optimizer steps, "epoch_step": steps done in the current epoch,
-"optimizer", "scaler", "schedule", "rng", "best", "metrics"}. Inference needs only config + model.
-"""
+"optimizer", "scaler", "schedule", "rng", "best", "history", "sums", and "ema" (weight moving average)
+when training kept one}. Inference needs config + ema (else model)."""
 from __future__ import annotations
 
 import os

@@ -100,7 +100,8 @@ def load_source(path: str | os.PathLike) -> Source:
     width = np.asarray(table.column("width").to_pylist(), np.int64)
     height = np.asarray(table.column("height").to_pylist(), np.int64)
     ids = table.column("sample_id").to_pylist()
-    bad = np.flatnonzero((width[order] != width[first][inverse[order]]) | (height[order] != height[first][inverse[order]]))
+    ref = first[inverse[order]]  # the first face of each face's image
+    bad = np.flatnonzero((width[order] != width[ref]) | (height[order] != height[ref]))
     if bad.size:
         k = order[bad[0]]
         raise manifests.ManifestError(f"{path}: faces of image {image_paths[k]!r} disagree on width/height "

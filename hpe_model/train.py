@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hpe_data import pose
 from hpe_data.imageio import write_atomic
 
 from . import checkpoint as ckpt
@@ -44,7 +43,7 @@ from .schedule import Schedule
 _RESUME_KEYS = ("manifests", "backbone", "pretrained", "epochs", "batch_size", "image_size", "lr", "optimizer",
                 "momentum", "weight_decay", "schedule", "warmup_steps", "seed", "max_steps", "flip_prob",
                 "rotate_prob", "rotate_max", "crop_scales", "color", "min_face", "epoch_size", "w_pose", "amp",
-                "grad_clip", "world_size", "dtype")
+                "grad_clip", "world_size", "dtype", "ema")
 LOSS_WEIGHTS = {"box": 2.0, "cls": 1.0, "lmk": 1.0}  # the detector's total = 2 box + cls + lmk + w_pose pose
 
 
@@ -80,6 +79,7 @@ class TrainConfig:
     epoch_size: int | None = None
     w_pose: float | None = None
     grad_clip: float | None = None
+    ema: float = 0.998  # decay of the weight moving average used for validation and inference (0: off)
     val_size: int | None = None  # letterbox size for validation / inference (default: image_size)
     val_score: float = 0.5
     val_batch: int = 8
@@ -184,7 +184,8 @@ def _counts(model, anchors, targets) -> torch.Tensor:
     return n
 
 
-def global_total(model, parts: dict, outputs: dict, targets: list, d: Dist, checked: list) -> torch.Tensor:
+def global_total(model, parts: dict, outputs: dict, targets: list, d: Dist, checked: list,
+                 w_pose: float | None = None) -> torch.Tensor:
     """This rank's share of the loss of the whole global batch, times the world size (DDP averages).
 
     Each term is a sum over this rank's positives divided by its local count; rescaling by local / global
@@ -198,7 +199,7 @@ def global_total(model, parts: dict, outputs: dict, targets: list, d: Dist, chec
                            "the matcher rules changed, update train._counts")
     glob = local.clone()
     dist.all_reduce(glob)
-    w_pose = model.criterion.w_pose
+    w_pose = model.criterion.w_pose if w_pose is None else w_pose
     terms = {"box": 0, "cls": 0, "lmk": 1, "pose": 2}
     weights = {**LOSS_WEIGHTS, "pose": w_pose}
     if not checked:  # the recomposition must reproduce the detector's own total
@@ -211,6 +212,37 @@ def global_total(model, parts: dict, outputs: dict, targets: list, d: Dist, chec
         if k in parts:
             total = total + weights[k] * parts[k] * (max(local[i].item(), 1.0) / max(glob[i].item(), 1.0))
     return total * d.world
+
+
+class EMA:
+    """Exponential moving average of the weights (and BatchNorm statistics), for validation and inference.
+
+    decay_t = min(decay, (1 + t) / (10 + t)): short runs are not dominated by the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        src = model.state_dict()
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- validation
@@ -296,7 +328,7 @@ def _device(name: str, d: Dist) -> torch.device:
 
 def _optimizer(cfg: TrainConfig, model: nn.Module):
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for _, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
@@ -364,6 +396,7 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(cfg, model)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cfg.amp and cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -377,6 +410,8 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
             raise ValueError(f"{last}: cannot resume with different settings: " + ", ".join(
                 f"{k} {old[k]!r} -> {_plain_config(cfg)[k]!r}" for k in diff))
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -407,6 +442,7 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
         if not d.main:
             return
         ckpt.save({"config": {**_plain_config(cfg), **model_cfg}, "model": model.state_dict(),
+                   **({"ema": ema.state_dict()} if ema is not None else {}),
                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                    "schedule": schedule.state_dict(), "rng": ckpt.rng_state(), "step": step, "epoch": epoch,
                    "epoch_step": epoch_step, "best": best, "history": history, "sums": sums, **(extra or {})}, path)
@@ -429,7 +465,7 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = net(images)
             parts = model.loss(outputs, targets, cfg.w_pose)
-            loss = global_total(model, parts, outputs, targets, d, checked)
+            loss = global_total(model, parts, outputs, targets, d, checked, cfg.w_pose)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
@@ -439,6 +475,8 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model, step)
             step += 1
             epoch_step += 1
             logged = {k: float(v.detach()) for k, v in parts.items() if k != "num_pos"}
@@ -464,7 +502,8 @@ def _train(cfg: TrainConfig, hooks: dict, d: Dist) -> dict:
                "time_s": round(time.time() - t0, 1)}
         last_epoch = step >= total
         if d.main and cfg.val_manifest and (last_epoch or (epoch + 1) % max(cfg.val_every, 1) == 0):
-            v = validate(model, cfg.val_manifest, cfg.val_size or cfg.image_size, device, cfg.val_batch,
+            v = validate(ema.model if ema is not None else model, cfg.val_manifest,
+                         cfg.val_size or cfg.image_size, device, cfg.val_batch,
                          cfg.val_score, workers=min(cfg.workers, 2))
             row.update({f"val_{k}": v[k] for k in ("mae", "yaw", "pitch", "roll", "detected")})
             row["val_score"] = val_score(v)

@@ -30,8 +30,8 @@ hpe-data preview --manifest "$M/train_rot45.parquet" --out "$OUT/preview_rot45.j
 
 step "train the one-stage network on CPU (full frames, 160 px crops; validation on the held-out AFLW2000-format set)"
 hpe-train --manifest "$M/train.parquet" --val-manifest "$M/test.parquet" --out "$OUT/run" \
-    --epochs "${DEMO_EPOCHS:-110}" --batch-size 16 --image-size 160 --val-size 320 --val-every 10 \
-    --optimizer adamw --lr 3e-3 --w-pose 15 --workers 1 --seed 0
+    --epochs "${DEMO_EPOCHS:-110}" --batch-size 16 --image-size 160 --val-size 320 --val-every 110 \
+    --optimizer adamw --lr 5e-3 --w-pose 15 --rotate-prob 0.5 --rotate-max 30 --workers 0 --seed 0
 
 step "evaluate on the held-out synthetic faces, clean and masked (full frames, no crop)"
 hpe-eval --checkpoint "$OUT/run/best.pt" --manifest "$M/test.parquet" --manifest "$M/test_masked.parquet" \

@@ -332,6 +332,31 @@ def test_online_rotation_composes_the_pose(toy):
     assert n
 
 
+def test_rotation_never_pushes_a_face_out(tmp_path):
+    """Faces at the border: rotations that would lose a face are skipped, never an error or a lost label."""
+    rows = []
+    for k, (cx, cy) in enumerate([(9, 9), (86, 86)]):  # in two corners of a 96 x 96 frame
+        R = pose.to_matrix(0, 30 * k, 10)
+        lm = project(R, 16 / 150, (cx, cy))
+        rows.append({"sample_id": f"b_{k}", "image_path": "img/b.png", "dataset": "toy", "width": 96,
+                     "height": 96, "bbox": L.bbox(lm), "landmarks": lm.reshape(-1), "rotation": R.reshape(-1)})
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "b.png"), np.full((96, 96, 3), 90, np.uint8))
+    m = manifests.write(rows, tmp_path / "b.parquet")
+    ds = FaceImages([m], Augment(96, rotate_prob=1.0, rotate_max=90, color=False, flip_prob=0.0))
+    turned = 0
+    for e in range(30):
+        _, faces, meta = ds.sample(e, 0)
+        assert faces
+        turned += meta["rotate_deg"] != 0
+        for f in faces:
+            assert np.isfinite(f["bbox"]).all()
+            src = rows[int(f["sample_id"][-1])]
+            R1 = pose.rotate_inplane(src["rotation"].reshape(3, 3), meta["rotate_deg"])
+            assert np.allclose(f["rotation"].reshape(3, 3), R1, atol=1e-9)
+    assert 0 < turned < 30  # some angles keep both faces inside, some would not
+
+
 # ---------------------------------------------------------------- determinism and photometric
 
 

@@ -35,8 +35,8 @@ def config(train_manifest, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def weights(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+def weights(path, part="model") -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)[part]
 
 
 # ---------------------------------------------------------------- learning
@@ -114,9 +114,10 @@ def test_resume_after_a_kill_ends_with_the_same_weights(toy, tmp_path):
     assert (state["step"], state["epoch"], state["epoch_step"]) == (6, 1, 2)
     resumed = train(config(toy[0], tmp_path / "cut", resume=True, workers=2, **kw))  # workers do not matter
     assert resumed["step"] == 8
-    a, b = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for part in ("model", "ema"):
+        a, b = weights(tmp_path / "full" / "last.pt", part), weights(tmp_path / "cut" / "last.pt", part)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (part, k)
     rows, ref = metrics(tmp_path / "cut"), metrics(tmp_path / "full")
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "4"), ("2", "8")]  # no epoch lost or repeated
     assert rows == ref  # same losses and validation as the uninterrupted run
